@@ -1,0 +1,24 @@
+"""jaxembed: PyTorch's embedding layer, exactly, in JAX/Flax.
+
+Public API:
+
+* :mod:`jaxembed.functional`: ``embedding``, ``embedding_renorm`` (torch's semantics as pure
+  functions).
+* :class:`jaxembed.Embed`: ``flax.nnx`` module (``torch.nn.Embedding``).
+* :mod:`jaxembed.linen`: ``flax.linen`` module ``Embed``.
+"""
+
+from jaxembed import functional, linen
+from jaxembed._src.initializers import Pretrained, default_embed_init
+from jaxembed._src.nnx_embed import Embed, FrozenParam
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Embed",
+    "FrozenParam",
+    "Pretrained",
+    "default_embed_init",
+    "functional",
+    "linen",
+]

@@ -1,0 +1,34 @@
+"""The ``jaxembed`` console command: one subcommand per job.
+
+Each subcommand lives in its own module and is imported only when it runs, so ``jaxembed --help``
+stays fast and torch is imported only by the jobs that compare against it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> ("module:function", one-line help). The function takes argv (a list) and returns an
+# exit status.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        print("usage: jaxembed <command> [options]\n\ncommands:")
+        for name, (_, help_text) in SUBCOMMANDS.items():
+            print(f"  {name:<10} {help_text}")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\njaxembed: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    target, _ = SUBCOMMANDS[argv[0]]
+    module_name, func_name = target.split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    return int(func(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Table initialisation: torch's N(0, 1) default, pretrained tables, and the padding row."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxembed._src import validation
+
+# torch's nn.Embedding.reset_parameters: init.normal_(weight), i.e. N(0, 1). flax's Embed uses
+# variance_scaling(1, "fan_in", "normal", out_axis=0), i.e. std 1/sqrt(features).
+default_embed_init = jax.nn.initializers.normal(stddev=1.0)
+
+
+class Pretrained:
+    """An initializer that returns a given table, as ``from_pretrained`` does.
+
+    torch's ``from_pretrained`` does not zero the padding row of a pretrained table, and neither
+    do the modules when their ``embedding_init`` is a ``Pretrained``.
+    """
+
+    def __init__(self, embeddings):
+        validation.check_pretrained(embeddings)
+        self.embeddings = jnp.asarray(embeddings)
+
+    def __call__(self, key, shape, dtype=None):
+        del key
+        if tuple(shape) != tuple(self.embeddings.shape):
+            raise AssertionError("Shape of weight does not match num_embeddings and embedding_dim")
+        return self.embeddings if dtype is None else self.embeddings.astype(dtype)
+
+    def __repr__(self):
+        return f"Pretrained(shape={self.embeddings.shape}, dtype={self.embeddings.dtype})"
+
+
+def init_table(key, num_embeddings, features, param_dtype, embedding_init, padding_idx):
+    """The initial table: ``embedding_init``'s draw with the padding row zeroed (torch's
+    ``reset_parameters``), except for a pretrained table, which is kept as given."""
+    table = embedding_init(key, (num_embeddings, features), param_dtype)
+    if padding_idx is not None and not isinstance(embedding_init, Pretrained):
+        table = table.at[padding_idx].set(0)
+    return table

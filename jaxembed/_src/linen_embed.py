@@ -1,0 +1,137 @@
+"""``jaxembed.linen.Embed``: torch's ``nn.Embedding`` as a ``flax.linen`` module.
+
+A thin holder of the table; every rule is in ``functional.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from jaxembed._src import functional as F
+from jaxembed._src import initializers, validation
+
+#: The collection that holds a frozen (non-trainable) table.
+FROZEN_COLLECTION = "frozen"
+
+
+class Embed(nn.Module):
+    """torch's ``nn.Embedding`` with flax ``linen.Embed``'s attributes.
+
+    The table is the variable ``embedding`` in ``params`` (or in ``"frozen"`` when ``freeze``).
+    Options are those of ``jaxembed.Embed``; see its docstring.
+
+    max_norm and persistence: torch renorms the stored weight in place on every forward. Here the
+    forward always returns the renormed rows, and the renormed table is written back when the
+    table's collection is mutable in ``apply`` (``mutable=["params"]``, or ``["frozen"]`` for a
+    frozen table): take it from the returned variables, as with ``batch_stats``. When the
+    collection is not mutable nothing is stored, so the next call renorms again from the stale
+    table; the outputs match torch, the stored table does not. ``init`` never writes the renorm
+    (torch's constructor does not renorm).
+    """
+
+    num_embeddings: int
+    features: int
+    padding_idx: int | None = None
+    max_norm: float | None = None
+    norm_type: float = 2.0
+    scale_grad_by_freq: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    embedding_init: Callable = initializers.default_embed_init
+    freeze: bool = False
+
+    def __post_init__(self):
+        # Validate at construction, like torch's constructor.
+        validation.normalize_padding_idx(self.padding_idx, self.num_embeddings)
+        super().__post_init__()
+
+    @property
+    def _padding_idx(self) -> int | None:
+        return validation.normalize_padding_idx(self.padding_idx, self.num_embeddings)
+
+    @property
+    def _collection(self) -> str:
+        return FROZEN_COLLECTION if self.freeze else "params"
+
+    def setup(self):
+        def init():
+            key = self.make_rng("params") if self.has_rng("params") else jax.random.key(0)
+            return initializers.init_table(
+                key,
+                self.num_embeddings,
+                self.features,
+                self.param_dtype,
+                self.embedding_init,
+                self._padding_idx,
+            )
+
+        self.table = self.variable(self._collection, "embedding", init)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        embeddings,
+        freeze: bool = True,
+        padding_idx: int | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        dtype: Any = None,
+        **kwargs,
+    ) -> "Embed":
+        """A module whose ``init`` returns ``embeddings`` as its table (padding row not zeroed).
+
+        ``freeze=True`` (torch's default) puts the table in the ``"frozen"`` collection, so
+        optax, which updates ``params`` only, never changes it::
+
+            module = Embed.from_pretrained(weights)
+            variables = module.init(jax.random.key(0), ids)   # {"frozen": {"embedding": ...}}
+            out = module.apply(variables, ids)
+        """
+        validation.check_pretrained(embeddings)
+        validation.check_from_pretrained_dtype(embeddings, freeze)
+        embeddings = jnp.asarray(embeddings)
+        num_embeddings, features = embeddings.shape
+        return cls(
+            num_embeddings=num_embeddings,
+            features=features,
+            padding_idx=padding_idx,
+            max_norm=max_norm,
+            norm_type=norm_type,
+            scale_grad_by_freq=scale_grad_by_freq,
+            dtype=dtype,
+            param_dtype=embeddings.dtype,
+            embedding_init=initializers.Pretrained(embeddings),
+            freeze=freeze,
+            **kwargs,
+        )
+
+    @property
+    def embedding(self) -> jax.Array:
+        return self.table.value
+
+    def __call__(self, inputs) -> jax.Array:
+        """Looks up ``inputs`` (any integer shape) -> ``inputs.shape + (features,)``."""
+        rows, table = F.embed_and_renorm(
+            inputs,
+            self.table.value,
+            padding_idx=self._padding_idx,
+            max_norm=self.max_norm,
+            norm_type=self.norm_type,
+            scale_grad_by_freq=self.scale_grad_by_freq,
+        )
+        if (
+            self.max_norm is not None
+            and not self.is_initializing()
+            and self.is_mutable_collection(self._collection)
+        ):
+            self.table.value = table  # torch's in-place renorm
+        return rows if self.dtype is None else rows.astype(self.dtype)
+
+    def attend(self, query) -> jax.Array:
+        """Tied logits ``query @ embedding.T``, as flax's ``Embed.attend``."""
+        return F.attend(query, self.table.value, self.dtype)

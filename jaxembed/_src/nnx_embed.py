@@ -1,0 +1,132 @@
+"""``jaxembed.Embed``: torch's ``nn.Embedding`` as a ``flax.nnx`` module.
+
+A thin holder of the table; every rule is in ``functional.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxembed._src import functional as F
+from jaxembed._src import initializers, validation
+
+
+class FrozenParam(nnx.Variable):
+    """A table that is state but not a trainable parameter (torch's ``requires_grad=False``).
+
+    ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` and ``nnx.grad`` (which differentiate
+    ``nnx.Param``) never see it, so no optax transformation, weight decay included, changes it.
+    """
+
+
+class Embed(nnx.Module):
+    """torch's ``nn.Embedding`` with flax ``nnx.Embed``'s attributes.
+
+    Args:
+      num_embeddings: number of rows (torch's ``num_embeddings``).
+      features: row width (torch's ``embedding_dim``).
+      padding_idx: this row is zeroed at init and positions holding it get zero gradient; the
+        forward still returns the row's value. Negative values count from the end.
+      max_norm: renorm, inside the forward, the referenced rows whose ``norm_type``-norm exceeds
+        it, and write them back into ``.embedding`` (torch renorms its weight in place). Inside
+        ``nnx.jit`` the write-back is a state update that ``nnx.jit`` propagates. The gradient is
+        not multiplied by the renorm scale (torch).
+      norm_type: the p of that norm.
+      scale_grad_by_freq: divide each position's gradient by its id's count in the input.
+      dtype: output dtype; the gathered rows are cast, not the whole table (flax casts the table).
+        None keeps the table's dtype.
+      param_dtype: the table's dtype.
+      embedding_init: ``(key, shape, dtype) -> table``. Default N(0, 1) as torch; flax's default
+        is variance scaling with std ``1/sqrt(features)``.
+      freeze: store the table as a :class:`FrozenParam` (not trainable) instead of ``nnx.Param``.
+      rngs: ``nnx.Rngs`` for the init.
+
+    Deliberate differences from torch: ``from_pretrained`` copies the array (torch shares the
+    caller's storage, so its renorm and optimizer steps mutate the caller's tensor); out-of-range
+    ids under ``jit`` give NaN rows instead of raising (see ``jaxembed.functional.embedding``).
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        features: int,
+        *,
+        padding_idx: int | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        embedding_init: Callable = initializers.default_embed_init,
+        freeze: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        self.num_embeddings = num_embeddings
+        self.features = features
+        self.padding_idx = validation.normalize_padding_idx(padding_idx, num_embeddings)
+        self.max_norm = max_norm
+        self.norm_type = norm_type
+        self.scale_grad_by_freq = scale_grad_by_freq
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.freeze = freeze
+        table = initializers.init_table(
+            rngs.params(), num_embeddings, features, param_dtype, embedding_init, self.padding_idx
+        )
+        self.embedding = FrozenParam(table) if freeze else nnx.Param(table)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        embeddings,
+        freeze: bool = True,
+        padding_idx: int | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        dtype: Any = None,
+    ) -> "Embed":
+        """torch's ``nn.Embedding.from_pretrained``: a module holding ``embeddings``.
+
+        ``freeze=True`` (the default, as torch) stores it as a :class:`FrozenParam`. The padding
+        row is NOT zeroed (torch). ``embeddings`` must be 2-D (torch's AssertionError).
+        """
+        validation.check_pretrained(embeddings)
+        validation.check_from_pretrained_dtype(embeddings, freeze)
+        embeddings = jnp.asarray(embeddings)
+        num_embeddings, features = embeddings.shape
+        return cls(
+            num_embeddings,
+            features,
+            padding_idx=padding_idx,
+            max_norm=max_norm,
+            norm_type=norm_type,
+            scale_grad_by_freq=scale_grad_by_freq,
+            dtype=dtype,
+            param_dtype=embeddings.dtype,
+            embedding_init=initializers.Pretrained(embeddings),
+            freeze=freeze,
+            rngs=nnx.Rngs(0),  # unused by Pretrained
+        )
+
+    def __call__(self, inputs) -> jax.Array:
+        """Looks up ``inputs`` (any integer shape) -> ``inputs.shape + (features,)``."""
+        rows, table = F.embed_and_renorm(
+            inputs,
+            self.embedding.get_value(),
+            padding_idx=self.padding_idx,
+            max_norm=self.max_norm,
+            norm_type=self.norm_type,
+            scale_grad_by_freq=self.scale_grad_by_freq,
+        )
+        if self.max_norm is not None:
+            self.embedding.set_value(table)  # torch's in-place renorm
+        return rows if self.dtype is None else rows.astype(self.dtype)
+
+    def attend(self, query) -> jax.Array:
+        """Tied logits ``query @ embedding.T``, as flax's ``Embed.attend``."""
+        return F.attend(query, self.embedding.get_value(), self.dtype)
