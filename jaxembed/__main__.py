@@ -1,0 +1,7 @@
+"""``python -m jaxembed <command>``: the same as the ``jaxembed`` console command."""
+
+import sys
+
+from jaxembed._src.cli import main
+
+sys.exit(main())
