@@ -44,7 +44,7 @@ def from_torch(t, dtype_name=None):
     t = t.detach().cpu()
     if t.dtype == torch.bfloat16:
         return t.float().numpy().astype(ml_dtypes.bfloat16)
-    return t.numpy()
+    return t.numpy().copy()  # never alias torch storage that an optimizer updates in place
 
 
 def ulp_distance(a, b) -> int:

@@ -21,7 +21,8 @@ class Pretrained:
 
     def __init__(self, embeddings):
         validation.check_pretrained(embeddings)
-        self.embeddings = jnp.asarray(embeddings)
+        # A copy: on CPU jnp.asarray can alias a numpy buffer that the caller may mutate later.
+        self.embeddings = jnp.array(embeddings, copy=True)
 
     def __call__(self, key, shape, dtype=None):
         del key
