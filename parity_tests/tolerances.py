@@ -34,3 +34,12 @@ RENORM_ULP = {"float32": 4, "float64": 4, "bfloat16": 1, "float16": 1}
 
 # Whole SGD runs with max_norm: renorm differences (above) carried through the steps.
 TRAJECTORY_ULP = {"float32": 64}
+
+# jaxembed visualize: a word's vector is the float32 mean of its pieces' rows (segment_sum /
+# count) against torch's emb(ids).mean(0) on CPU. Measured: bit-exact for 1-4 pieces on CPU;
+# elsewhere the segment sum's order is the backend's (not measured here): 4 eps of float32.
+WORD_MEAN_RTOL = 0.0 if ON_CPU else 4 * 1.1920929e-07
+# Cosine similarity (numpy: unit rows, then dot) against torch's F.cosine_similarity, which
+# divides by the product of the norms: different roundings of values in [-1, 1]. Measured max
+# 2.4e-7 (2 eps of float32) on the synthetic table; bound 4 eps.
+COSINE_ATOL = 4 * 1.1920929e-07
