@@ -64,3 +64,13 @@ def relative_to_table(got, want) -> float:
     want64 = np.asarray(want, np.float64)
     scale = float(np.finfo(np.asarray(want).dtype).eps) * max(float(np.abs(want64).max()), 1e-30)
     return float(np.abs(np.asarray(got, np.float64) - want64).max()) / scale
+
+
+# jaxembed visualize: a word's vector is the float32 mean of its pieces' rows (segment_sum /
+# count) against torch's emb(ids).mean(0) on CPU. Measured: bit-exact for 1-4 pieces on CPU;
+# elsewhere the segment sum's order is the backend's (not measured here): 4 eps of float32.
+WORD_MEAN_RTOL = 0.0 if ON_CPU else 4 * 1.1920929e-07
+# Cosine similarity (numpy: unit rows, then dot) against torch's F.cosine_similarity, which
+# divides by the product of the norms: different roundings of values in [-1, 1]. Measured max
+# 2.4e-7 (2 eps of float32) on the synthetic table; bound 4 eps.
+COSINE_ATOL = 4 * 1.1920929e-07

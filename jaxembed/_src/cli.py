@@ -11,7 +11,10 @@ import sys
 
 # name -> ("module:function", one-line help). The function takes argv (a list) and returns an
 # exit status.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("jaxembed._src.demo:main", "the tutorial's examples, step by step, next to torch"),
+    "visualize": ("jaxembed._src.visualize:main", "pretrained word vectors: t-SNE plot and neighbours"),
+}
 
 
 def main(argv=None) -> int:
