@@ -34,3 +34,16 @@ RENORM_ULP = {"float32": 4, "float64": 4, "bfloat16": 1, "float16": 1}
 
 # Whole SGD runs with max_norm: renorm differences (above) carried through the steps.
 TRAJECTORY_ULP = {"float32": 64}
+
+# Vocab-parallel tables (test_sharding.py), 8 host devices, float32. A batch split over a "data"
+# axis sums each row's gradient per shard, then across shards: another order than one device's.
+# Bound as REORDER_BOUND_EPS (K * eps * sum_i |g_i| per element); measured K: 0.81.
+SHARDED_GRAD_BOUND_EPS = 2.0
+# max_norm on a sharded table against one device: the norms are compiled in another context
+# (the shard_map body), last-bit differences; measured 3 ulp (rows and table).
+SHARDED_RENORM_ULP = 4
+# 5 SGD steps with max_norm against the same steps on one device (the renorm differences above
+# carried through); measured 19 ulp on every mesh (one device vs torch: 27, under TRAJECTORY_ULP).
+SHARDED_TRAJECTORY_ULP = 24
+# attend's per-device dot blocks the D-sum its own way: K * eps * sum_d |q_d w_d|; measured K 1.43.
+SHARDED_ATTEND_BOUND_EPS = 2.0
