@@ -122,6 +122,18 @@ def run(out_path):
             rows, new_table = renorm(t, i)
             res[f"{key}/renorm_rows"] = np.asarray(rows)
             res[f"{key}/renorm_table"] = np.asarray(new_table)
+            res[f"{key}/renorm_fn_table"] = np.asarray(
+                jax.jit(
+                    lambda t, i: jaxembed.sharding.vocab_parallel_embedding_renorm(
+                        t, i, MAX_NORM, vocab_axis="model"
+                    )
+                )(t, i)
+            )
+            try:  # 63 rows (odd) cannot be split over 8, 4 or 2 vocab shards
+                S.vocab_parallel_embedding(ids % 63, jnp.asarray(table[:63]), vocab_axis="model")
+                res[f"{key}/indivisible_error"] = np.asarray("")
+            except ValueError as e:
+                res[f"{key}/indivisible_error"] = np.asarray(str(e))
             res[f"{key}/renorm_table_shard_rows"] = np.asarray(
                 sorted({s.data.shape[0] for s in new_table.addressable_shards})
             )
@@ -166,7 +178,10 @@ def run(out_path):
                 opt.update(model, grads)
 
             for _ in range(STEPS):
+                # Wait for each step: several 8-device programs in flight can deadlock
+                # XLA:CPU's collective rendezvous on a small host.
                 step(model, opt, i, g)
+                jax.block_until_ready(model.embedding.get_value())
             res[f"{key}/nnx_traj"] = np.asarray(model.embedding.get_value())
             res[f"{key}/nnx_traj_shard_rows"] = np.asarray(
                 sorted({s.data.shape[0] for s in model.embedding.get_value().addressable_shards})

@@ -200,6 +200,8 @@ def test_max_norm_renorm_written_back_sharded(sharded, key, shape, names):
     assert ulp_distance(sharded[f"{key}/renorm_rows"], t_rows) <= tol.RENORM_ULP["float32"]
     assert ulp_distance(sharded[f"{key}/renorm_table"], from_torch(wt)) <= tol.RENORM_ULP["float32"]
     assert not np.array_equal(table, TABLE)  # some rows were above max_norm
+    # The functional embedding_renorm counterpart writes the same table.
+    np.testing.assert_array_equal(sharded[f"{key}/renorm_fn_table"], got_table)
     k = shape[names.index("model")]
     assert sharded[f"{key}/renorm_table_shard_rows"].tolist() == [W.V // k]
 
@@ -275,3 +277,35 @@ def test_gradient_collectives_never_touch_the_whole_table(sharded, key, shape, n
     assert all(not s.startswith(f"f32[{W.V},") for s in table_shapes), colls
     if _data_shards(names, shape) > 1:  # the data-parallel sum of the local V/k rows
         assert any(s.startswith(f"f32[{W.V // k},{W.D}]") for s in table_shapes), colls
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors (one device suffices)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key,shape,names", MESH_KEYS)
+def test_rows_not_divisible_by_shards_is_an_error(sharded, key, shape, names):
+    k = shape[names.index("model")]
+    message = str(sharded[f"{key}/indivisible_error"])
+    assert message == (
+        f"num_embeddings (63) must be divisible by the number of vocab shards ({k} over mesh "
+        "axes ('model',))"
+    )
+
+
+def test_unknown_axis_missing_mesh_and_column_sharding_are_errors():
+    t = jnp.asarray(TABLE)
+    with pytest.raises(ValueError, match="needs a mesh"):
+        jaxembed.sharding.vocab_parallel_embedding(IDS, t, vocab_axis="model")
+    mesh = jax.make_mesh((1,), ("model",))
+    with jax.set_mesh(mesh):
+        with pytest.raises(ValueError, match="vocab_axis 'vocab' is not an axis of the mesh"):
+            jaxembed.sharding.vocab_parallel_embedding(IDS, t, vocab_axis="vocab")
+        model = jaxembed.Embed(W.V, W.D, rngs=nnx.Rngs(0),
+                               embedding_metadata={"out_sharding": (None, "model")})
+        with pytest.raises(NotImplementedError, match="shard rows only"):
+            model(IDS)
+        # A one-device mesh is the plain lookup.
+        got = jaxembed.sharding.vocab_parallel_embedding(IDS, t, vocab_axis="model", **RULES)
+        np.testing.assert_array_equal(got, TABLE[IDS])

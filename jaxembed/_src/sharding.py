@@ -7,20 +7,25 @@ the vocab axes (an all-reduce of the output, ``N x D`` per data shard) assembles
 Megatron's ``VocabParallelEmbedding``, written with ``jax.shard_map``.
 
 Why shard_map and not GSPMD's ``table.at[ids].get(out_sharding=...)``: both compile to one
-all-reduce under an Explicit mesh, but on the 8-device CPU mesh the shard_map lookup was ~1.9x
-faster (``benchmarks/bench_sharding.py``); ``.get(out_sharding=)`` refuses Auto meshes, and under
-an Auto mesh GSPMD all-reduced the full ``V x D`` gradient where shard_map keeps it ``V/k x D``.
-With shard_map the collective pattern is fixed by construction and the semantic rules stay ours:
-the rows are summed as same-width unsigned integers, so the forward is a bit-exact copy
-(a float all-reduce turns ``-0.0`` entries into ``+0.0``), and out-of-range ids still give NaN rows instead of the zero rows a masked lookup
-would otherwise produce.
+all-reduce under an Explicit mesh and, on the 8-device CPU mesh, run in the same time (medians
+within noise, ``benchmarks/bench_sharding.py``), so speed does not decide. What does, measured
+on jax 0.10.2: ``.get(out_sharding=)`` raises under an Auto mesh, and there (``jnp.take`` plus
+a sharding constraint) GSPMD's gradient, its layout left to propagation, all-reduced the full
+``V x D`` table where shard_map's stays ``V/k x D``; with shard_map the
+collective pattern is fixed by construction rather than by sharding propagation, and the rules
+stay ours: the gradient rule (padding_idx, scale_grad_by_freq with global counts) plugs in, the
+rows are summed as same-width unsigned integers so the forward is a bit-exact copy (a float
+all-reduce turns ``-0.0`` entries into ``+0.0``), and out-of-range ids give NaN rows instead of
+the zero rows a masked lookup would otherwise produce.
 
 Every rule is the functional core's: the gradient is ``functional._lookup``'s custom_jvp (padding
 mask, 1/count) with this module's gather and global counts plugged in, and max_norm uses
 ``functional.renorm_scale`` on the local rows.
 
-Limitation: ``jax.experimental.checkify`` cannot transform ``shard_map`` in jax 0.10.2 (it raises),
-so out-of-range ids are not reported by checkify on this path; they still give NaN rows.
+Limitation: ``jax.experimental.checkify`` cannot transform ``shard_map`` in jax 0.10.2 (it raises
+a ValueError about the context mesh), so out-of-range ids are not reported by checkify on this
+path; they still give NaN rows and a dropped gradient. (GSPMD would not help under an Explicit
+mesh: checkify raises on its sharded gather too; only Auto-mesh GSPMD is checkable.)
 """
 
 from __future__ import annotations
