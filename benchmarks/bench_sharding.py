@@ -26,6 +26,7 @@ os.environ["XLA_FLAGS"] = (
 )
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
@@ -108,32 +109,19 @@ def _benches(mesh_shape, names, table, ids, gout):
         sm_step = jax.jit(sm_step, donate_argnums=0)
         gspmd_step = jax.jit(gspmd_step, donate_argnums=0)
 
-    # The steps donate their table: they get their own copies.
-    state = {
-        "one": jax.device_put(table, dev0),
-        "sm": jax.device_put(table, NamedSharding(mesh, P("model", None))),
-        "gspmd": jax.device_put(table, NamedSharding(mesh, P("model", None))),
-        "sm_plain": jax.device_put(table, NamedSharding(mesh, P("model", None))),
-    }
+    def stepper(step, table_copy, *args, sharded=True):
+        """Calls a step that donates its table, feeding each call the previous result."""
+        state = [table_copy]  # the step donates its table: it gets its own copy
 
-    def run_one_step():
-        state["one"] = one_step(state["one"], i1, g1)
-        return state["one"]
+        def call():
+            with jax.set_mesh(mesh) if sharded else contextlib.nullcontext():
+                state[0] = step(state[0], *args)
+            return state[0]
 
-    def run_sm_step():
-        with jax.set_mesh(mesh):
-            state["sm"] = sm_step(state["sm"], is_, gs)
-        return state["sm"]
+        return call
 
-    def run_gspmd_step():
-        with jax.set_mesh(mesh):
-            state["gspmd"] = gspmd_step(state["gspmd"], is_, gs)
-        return state["gspmd"]
-
-    def run_sm_plain_step():
-        with jax.set_mesh(mesh):
-            state["sm_plain"] = sm_plain_step(state["sm_plain"], is_, gs)
-        return state["sm_plain"]
+    def sharded_copy():
+        return jax.device_put(table, NamedSharding(mesh, P("model", None)))
 
     def in_mesh(f, *args):
         def call():
@@ -146,10 +134,10 @@ def _benches(mesh_shape, names, table, ids, gout):
         "lookup one-device": lambda: one_lookup(t1, i1),
         "lookup shard_map": in_mesh(sm_lookup, ts, is_),
         "lookup gspmd": in_mesh(gspmd_lookup, ts, is_),
-        "step one-device": run_one_step,
-        "step shard_map": run_sm_step,
-        "step shard_map (no rules)": run_sm_plain_step,
-        "step gspmd (no rules)": run_gspmd_step,
+        "step one-device": stepper(one_step, jax.device_put(table, dev0), i1, g1, sharded=False),
+        "step shard_map": stepper(sm_step, sharded_copy(), is_, gs),
+        "step shard_map (no rules)": stepper(sm_plain_step, sharded_copy(), is_, gs),
+        "step gspmd (no rules)": stepper(gspmd_step, sharded_copy(), is_, gs),
     }, ts
 
 

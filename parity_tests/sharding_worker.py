@@ -101,6 +101,9 @@ def run(out_path):
                 or (kind == "auto" and tuple(fwd(t, i).sharding.spec) == tuple(batch)[:1])
             )
             res[f"{key}/oob_rows"] = np.asarray(fwd(t, bad))
+            # bfloat16: the rows travel as uint32 pairs; still a bit-exact copy.
+            t16 = jax.device_put(table.astype(jnp.bfloat16), NamedSharding(mesh, P("model", None)))
+            res[f"{key}/rows_bf16_bits"] = np.asarray(fwd(t16, i)).view(np.uint16)
 
             def loss(t, i, **kw):
                 return jnp.sum(lookup(t, i, **kw) * g)

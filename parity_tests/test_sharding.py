@@ -147,6 +147,8 @@ def test_forward_bit_exact(sharded, key, shape, names):
     np.testing.assert_array_equal(got.view(np.uint32), want_torch.view(np.uint32))
     assert np.signbit(got[0, 0, 2]) and got[0, 0, 2] == 0
     assert bool(sharded[f"{key}/rows_spec_ok"])
+    want16 = from_torch(TF.embedding(to_torch(IDS), to_torch(TABLE).to(torch.bfloat16)))
+    np.testing.assert_array_equal(sharded[f"{key}/rows_bf16_bits"], want16.view(np.uint16))
 
 
 @pytest.mark.parametrize("key,shape,names", MESH_KEYS)

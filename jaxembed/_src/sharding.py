@@ -156,16 +156,25 @@ def _fill_value(dtype):
 
 
 def _as_bits(x):
-    """Floats as unsigned integers of the same width, so that the all-reduce that assembles the
-    rows (one owner, zeros elsewhere) copies every bit: a float sum starts from +0.0 on XLA:CPU
-    and turns -0.0 entries into +0.0. The same bytes travel either way."""
-    if jnp.issubdtype(x.dtype, jnp.floating):
-        return jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}"))
-    return x  # integer tables are exact already; complex ones sum as floats
+    """Float rows as unsigned integers, so that the all-reduce that assembles the rows (one
+    owner, zeros elsewhere) copies every bit: a float sum starts from +0.0 on XLA:CPU and turns
+    -0.0 entries into +0.0. The same bytes travel: 16-bit floats go in pairs as uint32 (XLA:GPU
+    widens a 16-bit integer all-reduce to 32 bits, which would double the bytes)."""
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        return x  # integer tables are exact already; complex ones sum as floats
+    if x.dtype.itemsize == 2 and x.shape[-1] % 2 == 0:
+        pairs = x.reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
+        return jax.lax.bitcast_convert_type(pairs, jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}"))
 
 
-def _from_bits(x, dtype):
-    return jax.lax.bitcast_convert_type(x, dtype) if x.dtype != dtype else x
+def _from_bits(bits, dtype, features):
+    if bits.dtype == dtype:
+        return bits
+    x = jax.lax.bitcast_convert_type(bits, dtype)
+    if bits.dtype.itemsize != jnp.dtype(dtype).itemsize:  # uint32 -> a trailing pair axis
+        x = x.reshape(*x.shape[:-2], features)
+    return x
 
 
 def _in_range(ids, num_embeddings):
@@ -233,7 +242,7 @@ class VocabParallel:
                 return jnp.where(ok[..., None], rows, 0)
             rows = _as_bits(rows)
             rows = self._psum_vocab(jnp.where(owned[..., None], rows, jnp.zeros((), rows.dtype)))
-            rows = _from_bits(rows, t.dtype)
+            rows = _from_bits(rows, t.dtype, t.shape[1])
             # No shard owns an out-of-range id: give it the fill row, not the zero row.
             return jnp.where(ok[..., None], rows, jnp.array(_fill_value(t.dtype), t.dtype))
 
