@@ -40,6 +40,14 @@ def _data_shards(names, shape) -> int:
     return dict(zip(names, shape)).get("data", 1)
 
 
+@pytest.fixture(autouse=True)
+def _references_on_cpu():
+    """The worker's 8 devices are CPU devices; the single-device references run on the CPU
+    too, so the comparison is the same on a GPU or TPU host (torch keeps TORCH_DEVICE)."""
+    with jax.default_device(jax.devices("cpu")[0]):
+        yield
+
+
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
     out = tmp_path_factory.mktemp("sharding") / "out.npz"

@@ -127,10 +127,7 @@ class Embed(nn.Module):
 
     def _table_spec(self):
         """The PartitionSpec declared by ``nn.with_partitioning`` on the table, if any."""
-        box = self.scope.get_variable(self._collection, "embedding")
-        if isinstance(box, nn.LogicallyPartitioned):
-            return nn.logical_to_mesh_axes(box.names, box.rules)
-        return box.get_partition_spec() if isinstance(box, nn.Partitioned) else None
+        return sharding.partitioned_spec(self.scope.get_variable(self._collection, "embedding"))
 
     def __call__(self, inputs, out_sharding=None) -> jax.Array:
         """Looks up ``inputs`` (any integer shape) -> ``inputs.shape + (features,)``.

@@ -36,6 +36,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from jaxembed._src import functional as F
@@ -83,8 +84,12 @@ def _resolve_mesh(mesh, weight):
     if mesh is not None:
         return mesh
     mesh = _context_mesh()
-    if mesh is None and isinstance(getattr(weight, "sharding", None), NamedSharding):
-        mesh = weight.sharding.mesh  # a concrete sharded array outside any mesh context
+    if mesh is None:  # no mesh context: the table's own mesh (typed under an Explicit mesh)
+        own = getattr(jax.typeof(weight), "sharding", None)
+        if own is not None and not own.mesh.empty:
+            mesh = own.mesh
+        elif isinstance(getattr(weight, "sharding", None), NamedSharding):
+            mesh = weight.sharding.mesh  # a concrete array outside jit
     if mesh is None:
         raise ValueError(
             "a vocab-parallel lookup needs a mesh: call it under `with jax.set_mesh(mesh):` or "
@@ -103,27 +108,27 @@ def constrain(x, spec, mesh=None):
     if spec is None:
         return x
     mesh = mesh or _context_mesh()
+    target = spec if mesh is None else NamedSharding(mesh, spec)
     if mesh is not None and _explicit(mesh):
-        return jax.sharding.reshard(x, spec)
-    if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
-        return jax.lax.with_sharding_constraint(x, spec)  # the context mesh resolves the spec
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec) if mesh else spec)
+        return jax.sharding.reshard(x, target)
+    return jax.lax.with_sharding_constraint(x, target)
+
+
+def partitioned_spec(box):
+    """The mesh PartitionSpec of a linen ``nn.with_partitioning`` (or logical) box, else None."""
+    if isinstance(box, nn.LogicallyPartitioned):  # logical names -> mesh axes
+        return nn.logical_to_mesh_axes(box.names, box.rules)
+    return box.get_partition_spec() if isinstance(box, nn.Partitioned) else None
 
 
 def place_partitioned(table):
     """A table boxed by ``nn.with_partitioning``, laid out as its box says on an Explicit context
     mesh (linen checks the box with ``with_sharding_constraint``, an assertion there); under
     an Auto mesh or none, unchanged (linen constrains it when it is read)."""
-    from flax.core import meta  # noqa: PLC0415  (flax.core is light; keeps this module linen-free)
-
     mesh = _context_mesh()
-    if mesh is None or not _explicit(mesh) or not isinstance(table, meta.Partitioned):
+    spec = partitioned_spec(table)
+    if mesh is None or not _explicit(mesh) or spec is None:
         return table
-    spec = table.get_partition_spec()
-    if hasattr(table, "rules"):  # nn.LogicallyPartitioned: logical names -> mesh axes
-        from flax import linen as nn  # noqa: PLC0415
-
-        spec = nn.logical_to_mesh_axes(table.names, table.rules)
     return table.replace_boxed(jax.sharding.reshard(table.value, spec))
 
 
@@ -210,10 +215,7 @@ class VocabParallel:
         return P(_entry(self.vocab_axes), None)
 
     def _smap(self, f, in_specs, out_specs):
-        # Inside jit under `jax.set_mesh` the context (abstract) mesh is used; a concrete mesh
-        # is passed through.
-        mesh = self.mesh if isinstance(self.mesh, jax.sharding.Mesh) else None
-        return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+        return jax.shard_map(f, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs)
 
     def _local(self, ids, rows):
         """(in_range, owned, local row) of each id on this device; local rows are in bounds."""
