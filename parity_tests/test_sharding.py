@@ -319,3 +319,15 @@ def test_unknown_axis_missing_mesh_and_column_sharding_are_errors():
         # A one-device mesh is the plain lookup.
         got = jaxembed.sharding.vocab_parallel_embedding(IDS, t, vocab_axis="model", **RULES)
         np.testing.assert_array_equal(got, TABLE[IDS])
+
+
+def test_concrete_ids_closed_over_in_jit():
+    # Ids captured by a jitted closure are concrete: checked now, like torch (the modules under
+    # nnx.jit meet them); this used to fail with a TracerBoolConversionError.
+    t = jnp.asarray(TABLE)
+    ids = jnp.asarray(IDS)
+    got = jax.jit(lambda t: F.embedding(ids, t, **RULES))(t)
+    np.testing.assert_array_equal(got, TABLE[IDS])
+    bad = jnp.asarray(BAD_IDS)
+    with pytest.raises(IndexError, match="index out of range in self"):
+        jax.jit(lambda t: F.embedding(bad, t))(t)
