@@ -74,3 +74,17 @@ WORD_MEAN_RTOL = 0.0 if ON_CPU else 4 * 1.1920929e-07
 # divides by the product of the norms: different roundings of values in [-1, 1]. Measured max
 # 2.4e-7 (2 eps of float32) on the synthetic table; bound 4 eps.
 COSINE_ATOL = 4 * 1.1920929e-07
+
+
+# Vocab-parallel tables (test_sharding.py), 8 host devices, float32. A batch split over a "data"
+# axis sums each row's gradient per shard, then across shards: another order than one device's.
+# Bound: K * eps * sum_i |g_i| per element; measured K: 0.81.
+SHARDED_GRAD_BOUND_EPS = 2.0
+# max_norm on a sharded table against one device: the norms are compiled in another context
+# (the shard_map body), last-bit differences; measured 3 ulp (rows and table).
+SHARDED_RENORM_ULP = 4
+# 5 SGD steps with max_norm against the same steps on one device (the renorm differences above
+# carried through); measured 19 ulp on every mesh (one device vs torch: 27 ulp).
+SHARDED_TRAJECTORY_ULP = 24
+# attend's per-device dot blocks the D-sum its own way: K * eps * sum_d |q_d w_d|; measured K 1.43.
+SHARDED_ATTEND_BOUND_EPS = 2.0

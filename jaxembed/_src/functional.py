@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -154,11 +155,32 @@ class _GradRule:
     num_embeddings: int
     padding_idx: int | None
     scale_grad_by_freq: bool
+    # Where the rows live: None for an ordinary array; a ``sharding.VocabParallel`` for a
+    # row-sharded table, which supplies its own gather and global id counts.
+    layout: Any = None
+
+    def gather(self, table: jax.Array, ids: jax.Array) -> jax.Array:
+        return _gather(table, ids) if self.layout is None else self.layout.gather(table, ids)
+
+    def gather_tangent(self, table_dot: jax.Array, ids: jax.Array) -> jax.Array:
+        """The same lookup as a linear (transposable) map of the table's tangent."""
+        if self.layout is None:
+            return _gather(table_dot, ids)
+        return self.layout.gather(table_dot, ids, linear=True)
+
+    def counts_at(self, ids: jax.Array) -> jax.Array:
+        """How often each position's id occurs in the whole input (1 for out-of-range ids)."""
+        if self.layout is not None:
+            return self.layout.counts_at(ids)
+        counts = jnp.zeros((self.num_embeddings,), jnp.int32).at[ids].add(
+            1, mode="drop", wrap_negative_indices=False
+        )
+        return counts.at[ids].get(mode="fill", fill_value=1, wrap_negative_indices=False)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _lookup(rule: _GradRule, table: jax.Array, ids: jax.Array) -> jax.Array:
-    return _gather(table, ids)
+    return rule.gather(table, ids)
 
 
 @_lookup.defjvp
@@ -168,15 +190,12 @@ def _lookup_jvp(rule: _GradRule, primals, tangents):
     # sequentially, which is torch's CPU order); out-of-range ids are dropped by the scatter.
     table, ids = primals
     table_dot, _ = tangents
-    out_dot = _gather(table_dot, ids)
+    out_dot = rule.gather_tangent(table_dot, ids)
     if rule.scale_grad_by_freq:
         # Counts over the whole input, padding positions included (torch). torch adds each
         # contribution as fma(g, float32(1/count), acc); we round g * (1/count) first, which is
         # within 1 rounding of the product per term (see README for the measured bound).
-        counts = jnp.zeros((rule.num_embeddings,), jnp.int32).at[ids].add(
-            1, mode="drop", wrap_negative_indices=False
-        )
-        count = counts.at[ids].get(mode="fill", fill_value=1, wrap_negative_indices=False)
+        count = rule.counts_at(ids)
         acc = jnp.float64 if table.dtype == jnp.float64 else jnp.float32
         inv = 1 / count.astype(acc)  # torch: double(1) / count, rounded to float32
         # Half types: torch multiplies in float32 (opmath) and rounds once, as here.
@@ -196,8 +215,8 @@ def _prepare(input, weight, padding_idx):
     return ids, weight, padding_idx
 
 
-def _lookup_rows(ids, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq):
-    rule = _GradRule(weight.shape[0], padding_idx, bool(scale_grad_by_freq))
+def _lookup_rows(ids, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, layout=None):
+    rule = _GradRule(weight.shape[0], padding_idx, bool(scale_grad_by_freq), layout)
     rows = _lookup(rule, weight, ids)
     if max_norm is not None:
         scale = jax.lax.stop_gradient(renorm_scale(rows, max_norm, norm_type))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 
@@ -38,6 +40,8 @@ def init_table(key, num_embeddings, features, param_dtype, embedding_init, paddi
     """The initial table: ``embedding_init``'s draw with the padding row zeroed (torch's
     ``reset_parameters``), except for a pretrained table, which is kept as given."""
     table = embedding_init(key, (num_embeddings, features), param_dtype)
-    if padding_idx is not None and not isinstance(embedding_init, Pretrained):
-        table = table.at[padding_idx].set(0)
+    # inspect.unwrap: nn.with_partitioning(Pretrained(...), ...) is still a pretrained table.
+    if padding_idx is not None and not isinstance(inspect.unwrap(embedding_init), Pretrained):
+        # tree.map: reaches the array inside an nn.Partitioned box too.
+        table = jax.tree.map(lambda t: t.at[padding_idx].set(0), table)
     return table

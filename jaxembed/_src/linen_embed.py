@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxembed._src import functional as F
-from jaxembed._src import initializers, validation
+from jaxembed._src import initializers, sharding, validation
 
 #: The collection that holds a frozen (non-trainable) table.
 FROZEN_COLLECTION = "frozen"
@@ -31,6 +31,10 @@ class Embed(nn.Module):
     collection is not mutable nothing is stored, so the next call renorms again from the stale
     table; the outputs match torch, the stored table does not. ``init`` never writes the renorm
     (torch's constructor does not renorm).
+
+    Sharding: wrap ``embedding_init`` with ``nn.with_partitioning(init, ("model", None))`` (or
+    ``nn.with_logical_partitioning``), as for any linen parameter; a table whose rows are split
+    is looked up vocab-parallel (see ``jaxembed._src.sharding``).
     """
 
     num_embeddings: int
@@ -60,7 +64,7 @@ class Embed(nn.Module):
     def setup(self):
         def init():
             key = self.make_rng("params") if self.has_rng("params") else jax.random.key(0)
-            return initializers.init_table(
+            table = initializers.init_table(
                 key,
                 self.num_embeddings,
                 self.features,
@@ -68,6 +72,7 @@ class Embed(nn.Module):
                 self.embedding_init,
                 self._padding_idx,
             )
+            return sharding.place_partitioned(table)
 
         self.table = self.variable(self._collection, "embedding", init)
 
@@ -81,6 +86,7 @@ class Embed(nn.Module):
         norm_type: float = 2.0,
         scale_grad_by_freq: bool = False,
         dtype: Any = None,
+        partitioning=None,
         **kwargs,
     ) -> "Embed":
         """A module whose ``init`` returns ``embeddings`` as its table (padding row not zeroed).
@@ -91,11 +97,16 @@ class Embed(nn.Module):
             module = Embed.from_pretrained(weights)
             variables = module.init(jax.random.key(0), ids)   # {"frozen": {"embedding": ...}}
             out = module.apply(variables, ids)
+
+        ``partitioning``: the table's mesh axes, e.g. ``("model", None)`` (``nn.with_partitioning``).
         """
         validation.check_pretrained(embeddings)
         validation.check_from_pretrained_dtype(embeddings, freeze)
         embeddings = jnp.asarray(embeddings)
         num_embeddings, features = embeddings.shape
+        embedding_init = initializers.Pretrained(embeddings)
+        if partitioning is not None:
+            embedding_init = nn.with_partitioning(embedding_init, partitioning)
         return cls(
             num_embeddings=num_embeddings,
             features=features,
@@ -105,7 +116,7 @@ class Embed(nn.Module):
             scale_grad_by_freq=scale_grad_by_freq,
             dtype=dtype,
             param_dtype=embeddings.dtype,
-            embedding_init=initializers.Pretrained(embeddings),
+            embedding_init=embedding_init,
             freeze=freeze,
             **kwargs,
         )
@@ -114,11 +125,21 @@ class Embed(nn.Module):
     def embedding(self) -> jax.Array:
         return self.table.value
 
-    def __call__(self, inputs) -> jax.Array:
-        """Looks up ``inputs`` (any integer shape) -> ``inputs.shape + (features,)``."""
-        rows, table = F.embed_and_renorm(
+    def _table_spec(self):
+        """The PartitionSpec declared by ``nn.with_partitioning`` on the table, if any."""
+        return sharding.partitioned_spec(self.scope.get_variable(self._collection, "embedding"))
+
+    def __call__(self, inputs, out_sharding=None) -> jax.Array:
+        """Looks up ``inputs`` (any integer shape) -> ``inputs.shape + (features,)``.
+
+        ``out_sharding`` (a PartitionSpec, as flax's ``nnx.Embed``) lays the rows out on the
+        context mesh; a row-sharded table is looked up vocab-parallel (one all-reduce).
+        """
+        rows, table = sharding.module_embed_and_renorm(
             inputs,
             self.table.value,
+            self._table_spec(),
+            out_sharding,
             padding_idx=self._padding_idx,
             max_norm=self.max_norm,
             norm_type=self.norm_type,
@@ -132,6 +153,7 @@ class Embed(nn.Module):
             self.table.value = table  # torch's in-place renorm
         return rows if self.dtype is None else rows.astype(self.dtype)
 
-    def attend(self, query) -> jax.Array:
-        """Tied logits ``query @ embedding.T``, as flax's ``Embed.attend``."""
-        return F.attend(query, self.table.value, self.dtype)
+    def attend(self, query, out_sharding=None) -> jax.Array:
+        """Tied logits ``query @ embedding.T``, as flax's ``Embed.attend``; a row-sharded table
+        gives vocab-sharded logits without communication. ``out_sharding``: their layout."""
+        return sharding.constrain(F.attend(query, self.table.value, self.dtype), out_sharding)

@@ -5,14 +5,15 @@ A thin holder of the table; every rule is in ``functional.py``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxembed._src import functional as F
-from jaxembed._src import initializers, validation
+from jaxembed._src import initializers, sharding, validation
 
 
 class FrozenParam(nnx.Variable):
@@ -44,6 +45,9 @@ class Embed(nnx.Module):
         is variance scaling with std ``1/sqrt(features)``.
       freeze: store the table as a :class:`FrozenParam` (not trainable) instead of ``nnx.Param``.
       rngs: ``nnx.Rngs`` for the init.
+      embedding_metadata: metadata for the table's variable, as flax's ``nnx.Embed``; e.g.
+        ``{"out_sharding": ("model", None)}`` shards the rows over the mesh axis ``"model"``
+        (vocab-parallel: see ``jaxembed._src.sharding``).
 
     Deliberate differences from torch: ``from_pretrained`` copies the array (torch shares the
     caller's storage, so its renorm and optimizer steps mutate the caller's tensor); out-of-range
@@ -64,6 +68,7 @@ class Embed(nnx.Module):
         embedding_init: Callable = initializers.default_embed_init,
         freeze: bool = False,
         rngs: nnx.Rngs,
+        embedding_metadata: Mapping[str, Any] = MappingProxyType({}),
     ):
         self.num_embeddings = num_embeddings
         self.features = features
@@ -77,7 +82,8 @@ class Embed(nnx.Module):
         table = initializers.init_table(
             rngs.params(), num_embeddings, features, param_dtype, embedding_init, self.padding_idx
         )
-        self.embedding = FrozenParam(table) if freeze else nnx.Param(table)
+        variable = FrozenParam if freeze else nnx.Param
+        self.embedding = variable(table, **embedding_metadata)
 
     @classmethod
     def from_pretrained(
@@ -89,6 +95,7 @@ class Embed(nnx.Module):
         norm_type: float = 2.0,
         scale_grad_by_freq: bool = False,
         dtype: Any = None,
+        embedding_metadata: Mapping[str, Any] = MappingProxyType({}),
     ) -> "Embed":
         """torch's ``nn.Embedding.from_pretrained``: a module holding ``embeddings``.
 
@@ -111,13 +118,20 @@ class Embed(nnx.Module):
             embedding_init=initializers.Pretrained(embeddings),
             freeze=freeze,
             rngs=nnx.Rngs(0),  # unused by Pretrained
+            embedding_metadata=embedding_metadata,
         )
 
-    def __call__(self, inputs) -> jax.Array:
-        """Looks up ``inputs`` (any integer shape) -> ``inputs.shape + (features,)``."""
-        rows, table = F.embed_and_renorm(
+    def __call__(self, inputs, out_sharding=None) -> jax.Array:
+        """Looks up ``inputs`` (any integer shape) -> ``inputs.shape + (features,)``.
+
+        ``out_sharding`` (a PartitionSpec, as flax's ``nnx.Embed``) lays the rows out on the
+        context mesh; a row-sharded table is looked up vocab-parallel (one all-reduce).
+        """
+        rows, table = sharding.module_embed_and_renorm(
             inputs,
             self.embedding.get_value(),
+            nnx.spmd.get_var_pspec(self.embedding),
+            out_sharding,
             padding_idx=self.padding_idx,
             max_norm=self.max_norm,
             norm_type=self.norm_type,
@@ -127,6 +141,7 @@ class Embed(nnx.Module):
             self.embedding.set_value(table)  # torch's in-place renorm
         return rows if self.dtype is None else rows.astype(self.dtype)
 
-    def attend(self, query) -> jax.Array:
-        """Tied logits ``query @ embedding.T``, as flax's ``Embed.attend``."""
-        return F.attend(query, self.embedding.get_value(), self.dtype)
+    def attend(self, query, out_sharding=None) -> jax.Array:
+        """Tied logits ``query @ embedding.T``, as flax's ``Embed.attend``; a row-sharded table
+        gives vocab-sharded logits without communication. ``out_sharding``: their layout."""
+        return sharding.constrain(F.attend(query, self.embedding.get_value(), self.dtype), out_sharding)

@@ -82,10 +82,13 @@ def check_in_range(indices: jax.Array, num_embeddings: int) -> None:
     """
     if isinstance(indices, jax.core.Tracer) or indices.size == 0:
         return
-    bad = jnp.any(indices >= num_embeddings)
-    if jnp.issubdtype(indices.dtype, jnp.signedinteger):
-        bad = bad | jnp.any(indices < 0)
-    if bool(bad):
+    # Concrete ids closed over inside a jit trace: evaluate now, not staged into the trace.
+    with jax.ensure_compile_time_eval():
+        bad = jnp.any(indices >= num_embeddings)
+        if jnp.issubdtype(indices.dtype, jnp.signedinteger):
+            bad = bad | jnp.any(indices < 0)
+        bad = bool(bad)
+    if bad:
         raise IndexError(OUT_OF_RANGE_MESSAGE)
 
 
