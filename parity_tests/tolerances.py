@@ -1,36 +1,36 @@
 """Every tolerance of the parity suite, in one place, per backend and dtype.
 
-Units are ulp of the compared dtype unless named otherwise. Each figure is the measured maximum
-on CPU (torch 2.13.0, jax 0.10.2) unless a comment says why it is wider. On GPU and TPU the
-scatter-add order of the backward differs from torch's, so gradients there are compared against
-a bound on the row's magnitude sum instead of in ulp.
+The figures live in the library (``jaxembed/_src/tolerances.py``) because ``jaxembed parity``
+uses the same ones at run time; this module selects those of the current JAX backend. Units are
+ulp of the compared dtype unless named otherwise; see the library module for what each figure
+measures and where it was measured.
 """
 
 from __future__ import annotations
 
 import jax
 
-BACKEND = jax.default_backend()  # "cpu", "gpu" or "tpu"
+from jaxembed._src import tolerances as _lib
+
+BACKEND = _lib.backend_key(jax.default_backend())  # "cpu", "gpu" or "tpu"
 ON_CPU = BACKEND == "cpu"
 
 # Forward gather: bit-exact on every backend and dtype.
-FORWARD_ULP = 0
+FORWARD_ULP = _lib.FORWARD_ULP
 
-# Dense gradient without scale_grad_by_freq. XLA:CPU's scatter-add runs in input order, which is
-# torch's CPU order, so it is bit-exact; elsewhere the order differs (atomics, sorted segments).
-GRAD_EXACT = ON_CPU
+# Dense gradient without scale_grad_by_freq: bit-exact on CPU (input-order scatter-add).
+GRAD_EXACT = _lib.grad_exact(BACKEND)
 
-# scale_grad_by_freq: torch adds fma(g, f32(1/count), acc) per term; we round g/count first.
-# The difference is bounded by K * eps(dtype) * sum_i |g_i / count| per element.
-SGBF_BOUND_EPS = 2.0
+# scale_grad_by_freq and non-CPU summation orders: K * eps(dtype) * sum_i |g_i| per element.
+SGBF_BOUND_EPS = _lib.SGBF_BOUND_EPS
+REORDER_BOUND_EPS = _lib.REORDER_BOUND_EPS
 
-# Non-CPU gradients (different summation order): K * eps(dtype) * sum_i |g_i| per element.
-REORDER_BOUND_EPS = 2.0
+# max_norm renorm, ulp of the renormed rows/table, per dtype.
+RENORM_ULP = _lib.RENORM_ULP[BACKEND]
 
-# max_norm renorm, relative ulp of the renormed row elements. p=2 norms differ from torch's
-# 8-lane CPU reduction by 1 ulp on ~30% of rows; the float32 scale (without x64) adds at most
-# 1 ulp. Measured max: see test_renorm_matches_torch.
-RENORM_ULP = {"float32": 4, "float64": 4, "bfloat16": 1, "float16": 1}
+# Training trajectories, normwise: max|diff| <= K * eps * max|torch table|, per optimizer family.
+TRAJECTORY_EPS = _lib.TRAJECTORY_EPS[BACKEND]
 
-# Whole SGD runs with max_norm: renorm differences (above) carried through the steps.
-TRAJECTORY_ULP = {"float32": 64}
+# One Adam step from an identical state: ADAM_STEP_REL * lr + ADAM_STEP_ULP ulp of the parameter.
+ADAM_STEP_ULP = _lib.ADAM_STEP_ULP[BACKEND]
+ADAM_STEP_REL = _lib.ADAM_STEP_REL[BACKEND]

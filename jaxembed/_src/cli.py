@@ -11,7 +11,9 @@ import sys
 
 # name -> ("module:function", one-line help). The function takes argv (a list) and returns an
 # exit status.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "parity": ("jaxembed._src.parity:main", "compare jaxembed with torch and print a table"),
+}
 
 
 def main(argv=None) -> int:
