@@ -13,7 +13,6 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
 import torch.nn.functional as TF
 from flax import nnx
 from hypothesis import HealthCheck, given, settings

@@ -238,12 +238,11 @@ def _interop_case(dtype):
 
         emb = torch.nn.Embedding(20, 6, padding_idx=-1, max_norm=2.0, dtype=getattr(torch, dtype))
         back = interop.to_torch(interop.to_nnx(emb))
-        same_options = all(getattr(back, k) == getattr(emb, k) for k in (
-            "padding_idx", "max_norm", "norm_type", "scale_grad_by_freq"))
-        got = interop.torch_to_numpy(back.weight)
-        if not same_options:
-            got = np.full_like(got, np.nan)  # reported as a failure
-        return got, interop.torch_to_numpy(emb.weight), Tolerance(ulp=0)
+        for k in ("padding_idx", "max_norm", "norm_type", "scale_grad_by_freq"):
+            if getattr(back, k) != getattr(emb, k):  # reported as a failing case
+                raise AssertionError(f"{k}: {getattr(back, k)!r} != {getattr(emb, k)!r}")
+        return interop.torch_to_numpy(back.weight), interop.torch_to_numpy(emb.weight), (
+            Tolerance(ulp=0))
 
     return Case(f"interop/torch->nnx->torch/{dtype}", dtype, run, x64=dtype == "float64")
 
@@ -372,8 +371,8 @@ def main(argv=None) -> int:
         return 2
     if importlib.util.find_spec("torch") is None:
         print("jaxembed parity: torch is not installed; it is the reference this command "
-              "compares against. Install it (CPU build: pip install torch), then rerun.",
-              file=sys.stderr)
+              "compares against. Install it (pip install torch; for the CPU-only build add "
+              "--index-url https://download.pytorch.org/whl/cpu), then rerun.", file=sys.stderr)
         return MISSING_TORCH_EXIT
 
     backend = tolerances.backend_key(jax.default_backend())

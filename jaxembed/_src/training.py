@@ -11,8 +11,6 @@ torch is imported only inside the torch runner.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,9 +20,6 @@ from flax import nnx
 from jaxembed._src import functional as F
 from jaxembed._src import interop, linen_embed
 from jaxembed._src.nnx_embed import Embed
-
-EMBED_OPTIONS = ("padding_idx", "max_norm", "norm_type", "scale_grad_by_freq")
-
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
@@ -202,7 +197,3 @@ def _train_linen(table, other, ids, targets, tx, freeze, options):
         params, frozen, opt_state = step(params, frozen, opt_state, i, t)
     return (frozen if freeze else params["embed"])["embedding"]
 
-
-def embed_options(**kw: Any) -> dict[str, Any]:
-    """The subset of ``kw`` that the embedding modules take (drops None padding/max_norm)."""
-    return {k: v for k, v in kw.items() if k in EMBED_OPTIONS}
