@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import tolerances as tol
-from conftest import from_torch, pairwise, to_torch, ulp_distance
+from conftest import TORCH_DEVICE, from_torch, pairwise, to_torch, ulp_distance
 from jaxembed._src.parity import NP_DTYPES, Tolerance, within
 from jaxembed._src.training import OptimizerSpec as Opt
 from jaxembed._src.training import jax_train, torch_train
@@ -56,12 +56,6 @@ def _data(dtype, v=20, d=17, steps=STEPS, seed=0):
     return w, ids, targets
 
 
-def _torch_device():
-    from conftest import TORCH_DEVICE
-
-    return TORCH_DEVICE
-
-
 @pytest.mark.parametrize("cfg", MATRIX, ids=lambda c: "-".join(
     str(v.label if isinstance(v, Opt) else v) for v in c.values()))
 def test_trajectory_matches_torch(cfg):
@@ -69,7 +63,7 @@ def test_trajectory_matches_torch(cfg):
     options = {k: cfg[k] for k in ("padding_idx", "max_norm", "scale_grad_by_freq")}
     w, ids, targets = _data(dtype)
     with jax.enable_x64(dtype == "float64"):
-        want = torch_train(w, ids, targets, spec, device=_torch_device(), **options)
+        want = torch_train(w, ids, targets, spec, device=TORCH_DEVICE, **options)
         got = jax_train(w, ids, targets, spec, api=cfg["api"], **options)
     assert not np.array_equal(want, w)  # it trained
     exact = (tol.ON_CPU and spec.kind == "sgd" and not spec.momentum and not spec.weight_decay
@@ -97,7 +91,7 @@ def test_trajectory_matches_torch(cfg):
 def test_frozen_table_is_bit_identical_under_weight_decay(api, spec):
     # freeze=True: optax (weight decay included) never touches the table; torch neither.
     w, ids, targets = _data("float32", seed=1)
-    want = torch_train(w, ids, targets, spec, freeze=True, device=_torch_device(), padding_idx=0)
+    want = torch_train(w, ids, targets, spec, freeze=True, device=TORCH_DEVICE, padding_idx=0)
     got = jax_train(w, ids, targets, spec, api=api, freeze=True, padding_idx=0)
     assert np.array_equal(want.view(np.int32), w.view(np.int32))
     assert np.array_equal(got.view(np.int32), w.view(np.int32))
@@ -108,7 +102,7 @@ def test_frozen_table_with_max_norm_changes_only_by_renorm(api):
     # torch renorms even a frozen weight in place (under no_grad); so do the modules.
     w, ids, targets = _data("float32", seed=2)
     spec = Opt("adamw", 0.01, weight_decay=0.1)
-    want = torch_train(w, ids, targets, spec, freeze=True, device=_torch_device(), max_norm=1.0)
+    want = torch_train(w, ids, targets, spec, freeze=True, device=TORCH_DEVICE, max_norm=1.0)
     got = jax_train(w, ids, targets, spec, api=api, freeze=True, max_norm=1.0)
     assert not np.array_equal(want, w)
     assert ulp_distance(got, want) <= tol.RENORM_ULP["float32"]
