@@ -7,11 +7,12 @@ CPU otherwise (TPU included).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
 import torch
+
+from jaxembed._src.parity import eps_of, ulp_distance  # noqa: F401 (one definition, shared)
 
 torch.manual_seed(0)
 
@@ -47,35 +48,36 @@ def from_torch(t, dtype_name=None):
     return t.numpy().copy()  # never alias torch storage that an optimizer updates in place
 
 
-def ulp_distance(a, b) -> int:
-    """Max distance in units in the last place between two same-dtype float arrays.
-
-    NaNs must sit at the same positions; +0 and -0 count as equal.
-    """
-    a = np.asarray(a)
-    b = np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    assert a.dtype == b.dtype, (a.dtype, b.dtype)
-    if a.size == 0:
-        return 0
-    nan_a, nan_b = np.isnan(a.astype(np.float64)), np.isnan(b.astype(np.float64))
-    assert np.array_equal(nan_a, nan_b), "NaN positions differ"
-    bits = {2: np.int16, 4: np.int32, 8: np.int64}[a.dtype.itemsize]
-    ia = a.view(bits).astype(np.int64)
-    ib = b.view(bits).astype(np.int64)
-    magnitude = np.int64(np.iinfo(bits).max)
-    # Map sign-magnitude bit patterns onto a monotonic integer line.
-    ia = np.where(ia < 0, -(ia & magnitude), ia)
-    ib = np.where(ib < 0, -(ib & magnitude), ib)
-    return int(np.max(np.abs(ia - ib)[~nan_a]) if (~nan_a).any() else 0)
-
-
-def eps_of(dtype) -> float:
-    return float(jnp.finfo(dtype).eps)
-
-
 @pytest.fixture
 def x64():
     """Run a test with jax_enable_x64 on (float64 tables)."""
     with jax.enable_x64(True):
         yield
+
+
+def pairwise(**factors) -> list[dict]:
+    """A small list of configurations covering every pair of values of any two factors.
+
+    Greedy all-pairs: each row is the full-product candidate that covers the most uncovered
+    pairs. Deterministic, so test ids are stable.
+    """
+    import itertools
+
+    names = list(factors)
+    uncovered = {
+        ((a, i), (b, j))
+        for a, b in itertools.combinations(names, 2)
+        for i in range(len(factors[a]))
+        for j in range(len(factors[b]))
+    }
+    candidates = list(itertools.product(*(range(len(factors[n])) for n in names)))
+    rows = []
+    while uncovered:
+        def gain(c):
+            return sum(((a, c[x]), (b, c[y])) in uncovered
+                       for (x, a), (y, b) in itertools.combinations(enumerate(names), 2))
+        best = max(candidates, key=gain)
+        uncovered -= {((a, best[x]), (b, best[y]))
+                      for (x, a), (y, b) in itertools.combinations(enumerate(names), 2)}
+        rows.append({n: factors[n][k] for n, k in zip(names, best)})
+    return rows

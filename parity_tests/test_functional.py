@@ -14,7 +14,8 @@ import torch.nn.functional as TF
 from jax.experimental import checkify
 
 import tolerances as tol
-from conftest import TORCH_DEVICE, eps_of, from_torch, to_torch, ulp_distance
+from conftest import from_torch, to_torch, ulp_distance
+from jaxembed._src.parity import abs_diff, grad_tolerance, within
 from jaxembed import functional as F
 
 NP_DTYPES = {
@@ -91,21 +92,8 @@ def test_forward_under_jit_matches_eager():
 
 def _assert_grad_close(got, want, gout, ids, dtype_name, scale_by_count=None):
     """Bit-exact on CPU; otherwise within a bound on each row's magnitude sum."""
-    if tol.GRAD_EXACT and scale_by_count is None:
-        assert ulp_distance(got, want) == 0
-        return
-    v = want.shape[0]
-    g = np.abs(np.asarray(gout, np.float64)).reshape(-1, gout.shape[-1])
-    flat = ids.reshape(-1)
-    if scale_by_count is not None:
-        g = g / scale_by_count[flat][:, None]
-    mag = np.zeros((v, g.shape[1]))
-    np.add.at(mag, flat, g)
-    k = tol.SGBF_BOUND_EPS[str(np.asarray(want).dtype)] if scale_by_count is not None else 0.0
-    k = k + tol.reorder_bound_eps(np.bincount(flat, minlength=v))[:, None]
-    bound = k * eps_of(want.dtype) * mag
-    diff = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))
-    assert np.all(diff <= bound), f"max excess {np.max(diff - bound)}"
+    bound = grad_tolerance(tol.BACKEND, gout, ids, want.shape[0], scale_by_count)
+    assert within(got, want, bound), f"max |diff| {np.max(abs_diff(got, want))}"
 
 
 @pytest.mark.parametrize("padding_idx", [None, 0, -1, 4])

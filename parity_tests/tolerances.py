@@ -1,66 +1,50 @@
 """Every tolerance of the parity suite, in one place, per backend and dtype.
 
-Units are ulp of the compared dtype unless named otherwise. Each figure is the measured maximum
-on CPU (torch 2.13.0, jax 0.10.2) unless a comment says why it is wider. On GPU and TPU the
-scatter-add order of the backward differs from torch's, so gradients there are compared against
-a bound on the row's magnitude sum instead of in ulp.
+The measured figures live in the library (``jaxembed/_src/tolerances.py``) because
+``jaxembed parity`` uses the same ones at run time; this module selects those of the current JAX
+backend and adds the few that only tests use. Units are ulp of the compared dtype unless named
+otherwise; see the library module for what each figure measures and where it was measured.
 """
 
 from __future__ import annotations
 
 import jax
+import numpy as np
 
-BACKEND = jax.default_backend()  # "cpu", "gpu" or "tpu"
+from jaxembed._src import tolerances as _lib
+
+BACKEND = _lib.backend_key(jax.default_backend())  # "cpu", "gpu" or "tpu"
 ON_CPU = BACKEND == "cpu"
 
 # Forward gather: bit-exact on every backend and dtype.
-FORWARD_ULP = 0
+FORWARD_ULP = _lib.FORWARD_ULP
 
-# Dense gradient without scale_grad_by_freq. XLA:CPU's scatter-add runs in input order, which is
-# torch's CPU order, so it is bit-exact; elsewhere the order differs (atomics, sorted segments).
-GRAD_EXACT = ON_CPU
+# Dense gradient without scale_grad_by_freq: bit-exact on CPU (input-order scatter-add).
+GRAD_EXACT = _lib.grad_exact(BACKEND)
 
-# scale_grad_by_freq: torch adds fma(g, f32(1/count), acc) per term; we round g/count first.
-# The difference is bounded by K[dtype] * eps(dtype) * sum_i |g_i / count| per element. Measured
-# K on CPU (V=8, D=37, 120 ids, 5 seeds; and V=50, 4000 ids: 0.67): float32 1.07, float16 1.14,
-# bfloat16 1.43 (half types round after every add in both frameworks).
-SGBF_BOUND_EPS = {"float32": 1.1, "float64": 1.1, "float16": 1.15, "bfloat16": 1.45}
-
+# scale_grad_by_freq: K[dtype] * eps(dtype) * sum_i |g_i / count| per element.
+SGBF_BOUND_EPS = _lib.SGBF_BOUND_EPS
 
 
 def reorder_bound_eps(counts):
-    """Extra bound, in eps(dtype) * sum_i |g_i|, for a row summed in another order than torch's.
+    """Per-row extra bound (in eps * sum|g|) for a summation order other than torch's."""
+    return _lib.reorder_bound_eps(BACKEND, counts)
 
-    Two recursive sums of the same n terms in different orders differ by at most
-    2 (n - 1) u sum|g_i| = (n - 1) eps sum|g_i| (Higham, Accuracy and Stability, 4.2). Zero on CPU,
-    where XLA scatters in torch's order. Not measured on an accelerator yet.
-    """
-    import numpy as np
 
-    if ON_CPU:
-        return np.zeros(np.shape(counts))
-    return np.maximum(np.asarray(counts, np.float64) - 1, 0)
+# max_norm renorm, ulp of the renormed rows/table, per dtype; per norm type for float32/64.
+RENORM_ULP = _lib.RENORM_ULP[BACKEND]
+RENORM_ULP_F32 = {p: _lib.renorm_ulp(BACKEND, "float32", p) for p in _lib.RENORM_ULP_BY_NORM["float32"]}
 
-# max_norm renorm: ulp distance of the renormed table from torch's. torch's CPU norm is a
-# vectorized reduction whose summation order we do not emulate, and without x64 the scale
-# max_norm/(norm+1e-7) is computed in float32 rather than double. Measured on CPU over 6000 rows
-# (D in {5, 17, 64}, max_norm in {0.3, 1, 1.3, 6}): the max ulp per norm_type below; pow-based
-# norms amplify the sum's rounding by 1/p. bfloat16/float16 (norm rounded to the table dtype, as torch): 0 ulp
-# over 2000 rows; 1 allowed for a tie in the rounding of the norm.
-RENORM_ULP_F32 = {1.0: 9, 2.0: 4, 3.0: 5, float("inf"): 3, 0.0: 2, 0.5: 16}
-RENORM_ULP = {"float32": max(RENORM_ULP_F32.values()), "bfloat16": 1, "float16": 1}
+# Training trajectories, normwise: max|diff| <= K * eps * max|torch table|, per optimizer family.
+TRAJECTORY_EPS = _lib.TRAJECTORY_EPS[BACKEND]
 
-# Whole training runs where bit-exactness is not reached (max_norm, scale_grad_by_freq): the
-# largest |ours - torch| over the table, in units of eps(dtype) * max|table| (ulp distances blow
-# up on entries near zero, so trajectories use this scale instead).
-# Measured on CPU, 10 SGD steps, D in {5, 8, 37}: 2.07 (max |diff| 9.5e-7).
-TRAJECTORY_EPS = {"float32": 2.5}
+# One Adam step from an identical state: ADAM_STEP_REL * lr + ADAM_STEP_ULP ulp of the parameter.
+ADAM_STEP_ULP = _lib.ADAM_STEP_ULP[BACKEND]
+ADAM_STEP_REL = _lib.ADAM_STEP_REL[BACKEND]
 
 
 def relative_to_table(got, want) -> float:
     """max|got - want| / (eps * max|want|): the error in units of the table's largest ulp."""
-    import numpy as np
-
     want64 = np.asarray(want, np.float64)
     scale = float(np.finfo(np.asarray(want).dtype).eps) * max(float(np.abs(want64).max()), 1e-30)
     return float(np.abs(np.asarray(got, np.float64) - want64).max()) / scale
@@ -74,7 +58,6 @@ WORD_MEAN_RTOL = 0.0 if ON_CPU else 4 * 1.1920929e-07
 # divides by the product of the norms: different roundings of values in [-1, 1]. Measured max
 # 2.4e-7 (2 eps of float32) on the synthetic table; bound 4 eps.
 COSINE_ATOL = 4 * 1.1920929e-07
-
 
 # Vocab-parallel tables (test_sharding.py), 8 host devices, float32. A batch split over a "data"
 # axis sums each row's gradient per shard, then across shards: another order than one device's.

@@ -1,0 +1,199 @@
+"""The same training run in torch and in jaxembed, for the parity suite and report.
+
+A run: start from one table, then for each step look up ``ids[s]``, take the loss
+``sum((rows - targets[s]) ** 2)`` and apply one optimizer step (``torch.optim`` on the torch side,
+the matching optax transformation under ``jax.jit`` on the JAX side). max_norm renorms are
+persisted as torch does: the step updates the renormed table.
+
+torch is imported only inside the torch runner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxembed._src import functional as F
+from jaxembed._src import interop, linen_embed
+from jaxembed._src.nnx_embed import Embed
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimizer's hyper-parameters, buildable as ``torch.optim`` or as optax.
+
+    ``kind``: ``"sgd"`` (with ``momentum``, ``nesterov``), ``"adam"`` or ``"adamw"``.
+    ``weight_decay`` follows torch: added to the gradient (L2) for SGD and Adam, decoupled for
+    AdamW.
+    """
+
+    kind: str
+    lr: float = 0.1
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    @property
+    def label(self) -> str:
+        parts = [self.kind]
+        if self.momentum:
+            parts.append(f"momentum={self.momentum}")
+        if self.nesterov:
+            parts.append("nesterov")
+        if self.weight_decay:
+            parts.append(f"wd={self.weight_decay}")
+        return ",".join(parts)
+
+    def torch(self, params):
+        import torch
+
+        if self.kind == "sgd":
+            return torch.optim.SGD(
+                params, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
+                weight_decay=self.weight_decay,
+            )
+        cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.kind]
+        return cls(params, lr=self.lr, betas=self.betas, eps=self.eps,
+                   weight_decay=self.weight_decay)
+
+    def optax(self) -> optax.GradientTransformation:
+        if self.kind == "adamw":
+            return optax.adamw(self.lr, *self.betas, eps=self.eps,
+                               weight_decay=self.weight_decay)
+        if self.kind == "sgd":
+            tx = optax.sgd(self.lr, momentum=self.momentum or None, nesterov=self.nesterov)
+        elif self.kind == "adam":
+            tx = optax.adam(self.lr, *self.betas, eps=self.eps)
+        else:
+            raise ValueError(f"kind must be 'sgd', 'adam' or 'adamw', got {self.kind!r}")
+        if self.weight_decay:
+            # torch adds weight_decay * param to the gradient before the rest of the step.
+            tx = optax.chain(optax.add_decayed_weights(self.weight_decay), tx)
+        return tx
+
+
+def _loss(rows, targets):
+    return jnp.sum((rows - targets) ** 2)
+
+
+def torch_train(table, ids, targets, spec: OptimizerSpec, *, freeze=False, device="cpu",
+                **options) -> np.ndarray:
+    """The torch run: ``nn.Embedding.from_pretrained`` and ``spec``'s ``torch.optim``.
+
+    A frozen table is multiplied by a trainable vector ``other`` (ones at the start), so that
+    the optimizer steps, weight decay included, as around a frozen embedding in a larger model.
+    """
+    import torch
+
+    emb = torch.nn.Embedding.from_pretrained(
+        interop.numpy_to_torch(table, device), freeze=freeze, **options
+    )
+    other = torch.nn.Parameter(torch.ones(table.shape[1], dtype=emb.weight.dtype, device=device))
+    opt = spec.torch([other] if freeze else [emb.weight])
+    for s in range(len(ids)):
+        opt.zero_grad()
+        rows = emb(torch.from_numpy(np.asarray(ids[s], np.int64)).to(device))
+        if freeze:
+            rows = rows * other
+        tgt = interop.numpy_to_torch(targets[s], device)
+        ((rows - tgt) ** 2).sum().backward()
+        opt.step()
+    return interop.torch_to_numpy(emb.weight)
+
+
+def jax_train(table, ids, targets, spec: OptimizerSpec, *, api="functional", freeze=False,
+              **options) -> np.ndarray:
+    """The JAX run with ``api`` in ``"functional"``, ``"nnx"``, ``"linen"``; each step jitted.
+
+    Mirrors :func:`torch_train`, including the extra trainable parameter ``other``.
+    """
+    runner = {"functional": _train_functional, "nnx": _train_nnx, "linen": _train_linen}[api]
+    table = jnp.asarray(table)
+    other = jnp.ones((table.shape[1],), table.dtype)
+    ids = [jnp.asarray(i, jnp.int32) for i in ids]
+    targets = [jnp.asarray(t) for t in targets]
+    return np.asarray(runner(table, other, ids, targets, spec.optax(), freeze, options))
+
+
+def _train_functional(table, other, ids, targets, tx, freeze, options):
+    params = {"other": other} if freeze else {"table": table}
+
+    @jax.jit
+    def step(params, frozen_table, opt_state, ids, tgt):
+        def loss(params):
+            weight = frozen_table if freeze else params["table"]
+            rows, renormed = F.embed_and_renorm(ids, weight, **options)
+            return _loss(rows * params["other"] if freeze else rows, tgt), renormed
+
+        grads, renormed = jax.grad(loss, has_aux=True)(params)
+        if freeze:
+            frozen_table = renormed
+        else:
+            params = {**params, "table": renormed}  # torch's in-place renorm, then the step
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), frozen_table, opt_state
+
+    opt_state = tx.init(params)
+    for i, t in zip(ids, targets):
+        params, table, opt_state = step(params, table, opt_state, i, t)
+    return table if freeze else params["table"]
+
+
+class _NnxModel(nnx.Module):
+    def __init__(self, table, other, freeze, options):
+        self.embed = Embed.from_pretrained(table, freeze=freeze, **options)
+        self.other = nnx.Param(other) if freeze else None
+
+    def __call__(self, ids):
+        rows = self.embed(ids)
+        return rows if self.other is None else rows * self.other.get_value()
+
+
+def _train_nnx(table, other, ids, targets, tx, freeze, options):
+    model = _NnxModel(table, other, freeze, options)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, ids, tgt):
+        grads = nnx.grad(lambda m: _loss(m(ids), tgt))(model)
+        optimizer.update(model, grads)
+
+    for i, t in zip(ids, targets):
+        step(model, optimizer, i, t)
+    return model.embed.embedding.get_value()
+
+
+def _train_linen(table, other, ids, targets, tx, freeze, options):
+    module = linen_embed.Embed.from_pretrained(table, freeze=freeze, **options)
+    variables = module.init(jax.random.key(0), ids[0])
+    collection = module._collection
+    params = {"other": other} if freeze else {"embed": variables["params"]}
+    frozen = variables.get(linen_embed.FROZEN_COLLECTION, {})
+
+    @jax.jit
+    def step(params, frozen, opt_state, ids, tgt):
+        def loss(params):
+            vars_in = {linen_embed.FROZEN_COLLECTION: frozen} if freeze else {
+                "params": params["embed"]}
+            rows, new_vars = module.apply(vars_in, ids, mutable=[collection])
+            rows = rows * params["other"] if freeze else rows
+            return _loss(rows, tgt), new_vars[collection]
+
+        grads, renormed = jax.grad(loss, has_aux=True)(params)
+        if freeze:
+            frozen = renormed
+        else:
+            params = {**params, "embed": renormed}
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), frozen, opt_state
+
+    opt_state = tx.init(params)
+    for i, t in zip(ids, targets):
+        params, frozen, opt_state = step(params, frozen, opt_state, i, t)
+    return (frozen if freeze else params["embed"])["embedding"]
+
