@@ -15,6 +15,8 @@ import numpy as np
 # torch's message (torch/nn/modules/sparse.py and torch/nn/functional.py).
 PADDING_IDX_MESSAGE = "Padding_idx must be within num_embeddings"
 OUT_OF_RANGE_MESSAGE = "index out of range in self"
+# torch's messages for sparse gradients (aten/src/ATen/native/Embedding.cpp, torch/optim).
+SPARSE_SGBF_MESSAGE = "embedding_backward: scale_grad_by_freq not supported with sparse gradients"
 
 
 def normalize_padding_idx(padding_idx, num_embeddings: int) -> int | None:
@@ -96,3 +98,10 @@ def check_from_pretrained_dtype(embeddings, freeze: bool) -> None:
             "Only Tensors of floating point and complex dtype can require gradients "
             f"(from_pretrained(freeze=False) got dtype {jnp.asarray(embeddings).dtype})"
         )
+
+
+def check_sparse(scale_grad_by_freq: bool) -> None:
+    """torch refuses ``scale_grad_by_freq`` with ``sparse=True`` (at backward; we refuse at the
+    lookup, where the sparse gradient's rows are formed)."""
+    if scale_grad_by_freq:
+        raise RuntimeError(SPARSE_SGBF_MESSAGE)
