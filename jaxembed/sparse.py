@@ -32,3 +32,7 @@ __all__ = [
     "sgd",
     "sparse_adam",
 ]
+
+from jaxembed._src.sparse_nnx import Optimizer, RowIds, RowProbe, SparseParam, value_and_grad
+
+__all__ += ["Optimizer", "RowIds", "RowProbe", "SparseParam", "value_and_grad"]

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxembed._src import functional as F
-from jaxembed._src import initializers, validation
+from jaxembed._src import initializers, sparse_linen, validation
 
 #: The collection that holds a frozen (non-trainable) table.
 FROZEN_COLLECTION = "frozen"
@@ -31,6 +31,12 @@ class Embed(nn.Module):
     collection is not mutable nothing is stored, so the next call renorms again from the stale
     table; the outputs match torch, the stored table does not. ``init`` never writes the renorm
     (torch's constructor does not renorm).
+
+    ``sparse=True`` (torch's row-sparse gradient): the table lives in ``"sparse_params"`` and is
+    trained by a ``jaxembed.sparse`` optimizer from the rows' gradients (probes in
+    ``"row_probes"``, ids in ``"row_ids"``; README "Sparse gradients"). With max_norm the renorm
+    is stored when ``"sparse_params"`` is mutable. ``scale_grad_by_freq`` with ``sparse`` raises
+    torch's RuntimeError at construction (torch raises at backward).
     """
 
     num_embeddings: int
@@ -43,10 +49,13 @@ class Embed(nn.Module):
     param_dtype: Any = jnp.float32
     embedding_init: Callable = initializers.default_embed_init
     freeze: bool = False
+    sparse: bool = False
 
     def __post_init__(self):
         # Validate at construction, like torch's constructor.
         validation.normalize_padding_idx(self.padding_idx, self.num_embeddings)
+        if self.sparse:
+            validation.check_sparse(self.scale_grad_by_freq)
         super().__post_init__()
 
     @property
@@ -55,7 +64,9 @@ class Embed(nn.Module):
 
     @property
     def _collection(self) -> str:
-        return FROZEN_COLLECTION if self.freeze else "params"
+        if self.freeze:
+            return FROZEN_COLLECTION
+        return sparse_linen.SPARSE_COLLECTION if self.sparse else "params"
 
     def setup(self):
         def init():
@@ -116,6 +127,8 @@ class Embed(nn.Module):
 
     def __call__(self, inputs) -> jax.Array:
         """Looks up ``inputs`` (any integer shape) -> ``inputs.shape + (features,)``."""
+        if self.sparse and not self.freeze:
+            return sparse_linen.lookup(self, inputs)
         rows, table = F.embed_and_renorm(
             inputs,
             self.table.value,

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxembed._src import functional as F
-from jaxembed._src import initializers, validation
+from jaxembed._src import initializers, sparse_nnx, validation
 
 
 class FrozenParam(nnx.Variable):
@@ -43,6 +43,10 @@ class Embed(nnx.Module):
       embedding_init: ``(key, shape, dtype) -> table``. Default N(0, 1) as torch; flax's default
         is variance scaling with std ``1/sqrt(features)``.
       freeze: store the table as a :class:`FrozenParam` (not trainable) instead of ``nnx.Param``.
+      sparse: torch's ``sparse=True``: the table is a ``jaxembed.sparse.SparseParam`` trained
+        from row-sparse gradients (``jaxembed.sparse.value_and_grad`` and
+        ``jaxembed.sparse.Optimizer``; README "Sparse gradients"). With ``scale_grad_by_freq``
+        this raises torch's RuntimeError here (torch raises at backward).
       rngs: ``nnx.Rngs`` for the init.
 
     Deliberate differences from torch: ``from_pretrained`` copies the array (torch shares the
@@ -63,8 +67,11 @@ class Embed(nnx.Module):
         param_dtype: Any = jnp.float32,
         embedding_init: Callable = initializers.default_embed_init,
         freeze: bool = False,
+        sparse: bool = False,
         rngs: nnx.Rngs,
     ):
+        if sparse:
+            validation.check_sparse(scale_grad_by_freq)
         self.num_embeddings = num_embeddings
         self.features = features
         self.padding_idx = validation.normalize_padding_idx(padding_idx, num_embeddings)
@@ -74,10 +81,14 @@ class Embed(nnx.Module):
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.freeze = freeze
+        self.sparse = sparse
         table = initializers.init_table(
             rngs.params(), num_embeddings, features, param_dtype, embedding_init, self.padding_idx
         )
-        self.embedding = FrozenParam(table) if freeze else nnx.Param(table)
+        if sparse and not freeze:
+            sparse_nnx.init_sparse_table(self, table)
+        else:
+            self.embedding = FrozenParam(table) if freeze else nnx.Param(table)
 
     @classmethod
     def from_pretrained(
@@ -89,6 +100,7 @@ class Embed(nnx.Module):
         norm_type: float = 2.0,
         scale_grad_by_freq: bool = False,
         dtype: Any = None,
+        sparse: bool = False,
     ) -> "Embed":
         """torch's ``nn.Embedding.from_pretrained``: a module holding ``embeddings``.
 
@@ -110,11 +122,14 @@ class Embed(nnx.Module):
             param_dtype=embeddings.dtype,
             embedding_init=initializers.Pretrained(embeddings),
             freeze=freeze,
+            sparse=sparse,
             rngs=nnx.Rngs(0),  # unused by Pretrained
         )
 
     def __call__(self, inputs) -> jax.Array:
         """Looks up ``inputs`` (any integer shape) -> ``inputs.shape + (features,)``."""
+        if self.sparse and not self.freeze:
+            return sparse_nnx.lookup(self, inputs)
         rows, table = F.embed_and_renorm(
             inputs,
             self.embedding.get_value(),
