@@ -13,7 +13,7 @@ Times are medians of calibrated samples, with the benches of one configuration i
 round by round. Memory is the compiled executable's ``memory_analysis()``: temporaries (the
 issue's "no V x D temporary": temp < V*D*4) and peak = arguments + outputs - aliased + temp.
 
-Each V runs in its own process (clean memory), with jemalloc and ``OMP_WAIT_POLICY=PASSIVE``
+Each (V, optimizer) runs in its own process (clean memory), with jemalloc and ``OMP_WAIT_POLICY=PASSIVE``
 when available (``reference/performance.md`` section 3.1: glibc's first-touch faults and
 libgomp's spinning skew CPU timings more than the frameworks do). Phases that would not fit in
 the available memory (``MemAvailable``) are skipped and reported as such.
@@ -89,7 +89,10 @@ def _memory(compiled) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_one(V: int, reps: int) -> dict:
+PHASES = ("sgd", "sparse_adam", "adagrad", "dense")
+
+
+def run_one(V: int, phase: str, reps: int) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -140,7 +143,7 @@ def run_one(V: int, reps: int) -> dict:
         return fn, box
 
     def torch_sparse(make_opt):
-        emb = torch.nn.Embedding(V, D, padding_idx=PAD, sparse=True)
+        emb = torch.nn.Embedding(V, D, padding_idx=PAD, sparse=True, _weight=torch.full((V, D), 0.5))
         opt = make_opt(emb.parameters())
         tids, tg = torch.from_numpy(ids_np.astype(np.int64)), torch.from_numpy(gout_np)
 
@@ -156,8 +159,11 @@ def run_one(V: int, reps: int) -> dict:
         ("sparse_adam", sparse.sparse_adam(LR), lambda p: torch.optim.SparseAdam(p, lr=LR), 3),
         ("adagrad", sparse.adagrad(LR), lambda p: torch.optim.Adagrad(p, lr=LR), 2),
     ]
-    new_table = jax.jit(lambda key: jax.random.normal(key, (V, D), jnp.float32))
+    # Values do not matter for timing; a random normal draw would need a second V x D buffer.
+    new_table = jax.jit(lambda key: jnp.full((V, D), 0.5, jnp.float32))
     for name, tx, make_torch, tables in optimizers:
+        if name != phase:
+            continue
         # jax table(s) + torch table(s) side by side; jax alone when both do not fit.
         with_torch = fits(2 * tables + 0.5)
         if not with_torch and not fits(tables + 0.5):
@@ -172,6 +178,9 @@ def run_one(V: int, reps: int) -> dict:
         jfn, box = loop(step, table, state)
         del table, state
         benches = {"jax": jfn}
+        if with_torch and not fits(tables + 0.5):  # memory taken by others meanwhile
+            with_torch = False
+            skipped.append(f"torch {name}: no memory left beside the jax step")
         if with_torch:
             benches["torch"], emb = torch_sparse(make_torch)
         times = _bench(benches, reps)
@@ -183,7 +192,9 @@ def run_one(V: int, reps: int) -> dict:
         gc.collect()
 
     # Dense SGD: table + its V x D gradient (+ the update, fused in place when donated).
-    if fits(2.5):
+    if phase != "dense":
+        pass
+    elif fits(2.5):
         tx = optax.sgd(LR)
         table = new_table(jax.random.key(0))
         state = tx.init(table)
@@ -246,7 +257,7 @@ def report(results: list[dict]) -> list[str]:
                 f"{_fmt_mb(mem.get('peak'))} | {_fmt_mb(dmem.get('temp'))} |"
             )
         for s in r["skipped"]:
-            lines.append(f"  V={r['V']}: skipped {s}")
+            lines.append(f"  V={r.get('V')}: skipped {s}")
     return lines
 
 
@@ -285,18 +296,27 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=9)
     p.add_argument("--json", help="write the raw results here")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: one V
+    p.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(run_one(args.one, args.reps)))
+        print(json.dumps(run_one(args.one, args.phase, args.reps)))
         return 0
     results = []
     for V in args.v:
-        cmd = [sys.executable, os.path.abspath(__file__), "--one", str(V), "--reps", str(args.reps)]
-        proc = subprocess.run(cmd, env=_child_env(), capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(f"V={V}: child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-            return 1
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        merged = {"V": V, "skipped": []}
+        for phase in PHASES:  # one process per phase: memory is returned between phases
+            cmd = [sys.executable, os.path.abspath(__file__), "--one", str(V), "--phase", phase,
+                   "--reps", str(args.reps)]
+            proc = subprocess.run(cmd, env=_child_env(), capture_output=True, text=True)
+            if proc.returncode != 0:
+                merged["skipped"].append(f"{phase}: process failed ({proc.returncode}) "
+                                         f"{proc.stderr.strip().splitlines()[-1:]}")
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            merged["skipped"] += r.pop("skipped")
+            merged[f"max_rss_{phase}_bytes"] = r.pop("max_rss_bytes")
+            merged.update(r)
+        results.append(merged)
         print("\n".join(report(results[-1:])[4:]), flush=True)
     env = _child_env()
     print()

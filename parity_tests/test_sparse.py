@@ -421,3 +421,18 @@ def test_donated_step_allocates_no_table_sized_temporary(tx):
     print(f"temp {mem.temp_size_in_bytes} B, output {mem.output_size_in_bytes} B, alias {mem.alias_size_in_bytes} B")
     assert mem.temp_size_in_bytes < table_bytes // 10
     assert mem.alias_size_in_bytes >= table_bytes  # the table (and state) are updated in place
+
+
+def test_attend_on_a_sparse_table_is_refused():
+    m = jaxembed.Embed(5, 3, sparse=True, rngs=nnx.Rngs(0))
+    with pytest.raises(NotImplementedError, match="sparse=True"):
+        m.attend(jnp.ones((2, 3)))
+
+    class Tied(nn.Module):
+        @nn.compact
+        def __call__(self, ids):
+            e = jaxembed.linen.Embed(5, 3, sparse=True)
+            return e.attend(e(ids))
+
+    with pytest.raises(NotImplementedError, match="sparse=True"):
+        Tied().init(jax.random.key(0), jnp.array([1]))

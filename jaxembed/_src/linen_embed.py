@@ -147,4 +147,5 @@ class Embed(nn.Module):
 
     def attend(self, query) -> jax.Array:
         """Tied logits ``query @ embedding.T``, as flax's ``Embed.attend``."""
+        validation.check_attend_not_sparse(self.sparse, self.freeze)
         return F.attend(query, self.table.value, self.dtype)

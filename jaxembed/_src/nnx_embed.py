@@ -144,4 +144,5 @@ class Embed(nnx.Module):
 
     def attend(self, query) -> jax.Array:
         """Tied logits ``query @ embedding.T``, as flax's ``Embed.attend``."""
+        validation.check_attend_not_sparse(self.sparse, self.freeze)
         return F.attend(query, self.embedding.get_value(), self.dtype)

@@ -105,3 +105,13 @@ def check_sparse(scale_grad_by_freq: bool) -> None:
     lookup, where the sparse gradient's rows are formed)."""
     if scale_grad_by_freq:
         raise RuntimeError(SPARSE_SGBF_MESSAGE)
+
+
+def check_attend_not_sparse(sparse: bool, freeze: bool) -> None:
+    """Tied logits on a sparse table would need the table's dense gradient (torch adds a dense
+    gradient to the sparse one); refuse rather than silently drop it."""
+    if sparse and not freeze:
+        raise NotImplementedError(
+            "attend() on a sparse=True table: the logits' gradient w.r.t. the table is dense "
+            "(V x D) and a sparse table receives none. Use sparse=False for tied embeddings."
+        )
