@@ -436,3 +436,25 @@ def test_attend_on_a_sparse_table_is_refused():
 
     with pytest.raises(NotImplementedError, match="sparse=True"):
         Tied().init(jax.random.key(0), jnp.array([1]))
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (3, 0)])
+def test_scalar_and_empty_inputs_match_torch(shape):
+    # torch 2.13's sparse backward raises IndexError for a 0-d input with a padding_idx (it
+    # indexes the 0-d ids with a mask); compare 0-d without padding. We return the gradient.
+    pad = None if shape == () else 0
+    w0 = torch.randn(6, 4)
+    ids = torch.randint(1, 6, shape)
+    gout = torch.randn(*shape, 4)
+    e = torch.nn.Embedding.from_pretrained(w0.clone(), freeze=False, padding_idx=pad, sparse=True)
+    opt = torch.optim.SGD(e.parameters(), lr=0.5)
+    e(ids).backward(gout)
+    opt.step()
+    for tx in (sparse.sgd(0.5), sparse.sparse_adam(0.5), sparse.adagrad(0.5)):
+        table = jnp.asarray(w0.numpy())
+        rows = sparse.row_gradients(jnp.asarray(ids.numpy()), jnp.asarray(gout.numpy()), 6, pad)
+        new, _ = jax.jit(tx.update)(rows, tx.init(table), table)
+        changed = np.asarray(new != table).any(1)
+        np.testing.assert_array_equal(changed, (e.weight.detach() != w0).any(1).numpy())
+    new, _ = jax.jit(sparse.sgd(0.5).update)(rows, (), table)
+    np.testing.assert_array_equal(np.asarray(new), e.weight.detach().numpy())

@@ -65,7 +65,7 @@ def row_ids(input, num_embeddings: int, padding_idx: int | None = None) -> jax.A
 
 def rows_from_ids(ids: jax.Array, rows_grad: jax.Array, num_embeddings: int) -> SparseRows:
     """:class:`SparseRows` from :func:`row_ids` and the gradient w.r.t. the looked-up rows."""
-    values = jnp.reshape(rows_grad, (ids.shape[0], -1))
+    values = jnp.reshape(rows_grad, (ids.shape[0], jnp.shape(rows_grad)[-1]))
     return SparseRows(ids, jnp.where((ids == num_embeddings)[:, None], 0, values))
 
 

@@ -112,6 +112,8 @@ def _coalesce(grad: SparseRows, num_embeddings: int) -> _Coalesced:
     """
     ids = jnp.where(_valid(grad.ids, num_embeddings), grad.ids, num_embeddings)
     n = ids.shape[0]
+    if n == 0:
+        return _Coalesced(ids, grad.values, jnp.zeros((0,), bool))
     order = jnp.argsort(ids, stable=True)
     sorted_ids = ids[order]
     first = jnp.concatenate([jnp.ones((1,), bool), sorted_ids[1:] != sorted_ids[:-1]])
