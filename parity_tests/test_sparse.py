@@ -402,7 +402,15 @@ def test_removed_positions_do_not_trip_checkify(tx):
 
 
 @pytest.mark.parametrize(
-    "tx", [sparse.sgd(0.1), sparse.sparse_adam(0.1), sparse.adagrad(0.1)], ids=["sgd", "adam", "adagrad"]
+    "tx",
+    [
+        sparse.sgd(0.1),
+        sparse.sgd(0.1, momentum=0.9, nesterov=True),
+        sparse.sgd(0.1, momentum=0.9, dampening=0.1),
+        sparse.sparse_adam(0.1),
+        sparse.adagrad(0.1),
+    ],
+    ids=["sgd", "nesterov", "dampening", "adam", "adagrad"],
 )
 def test_donated_step_allocates_no_table_sized_temporary(tx):
     """The compiled step updates table and state in place: its temporaries are O(n * D)."""
@@ -458,3 +466,36 @@ def test_scalar_and_empty_inputs_match_torch(shape):
         np.testing.assert_array_equal(changed, (e.weight.detach() != w0).any(1).numpy())
     new, _ = jax.jit(sparse.sgd(0.5).update)(rows, (), table)
     np.testing.assert_array_equal(np.asarray(new), e.weight.detach().numpy())
+
+
+def test_nnx_step_updates_in_place():
+    """The NNX step of the README (value_and_grad, nnx.Optimizer + sparse.Optimizer), donated:
+    table, moments and probe are aliased, temporaries are O(n * D)."""
+    big_v, d, n = 200_000, 64, 512
+
+    class Model(nnx.Module):
+        def __init__(self, rngs):
+            self.embed = jaxembed.Embed(big_v, d, padding_idx=0, sparse=True, rngs=rngs)
+            self.w = nnx.Param(jnp.ones((d,)))
+
+        def __call__(self, ids):
+            return self.embed(ids) * self.w
+
+    model = Model(nnx.Rngs(0))
+    opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+    sopt = sparse.Optimizer(model, sparse.sparse_adam(1e-3))
+    ids = jnp.arange(n, dtype=jnp.int32)
+    model(ids)  # sizes the probe: the state then has every step's shapes
+    graphdef, state = nnx.split((model, opt, sopt))
+
+    def step(state, ids):
+        model, opt, sopt = nnx.merge(graphdef, state)
+        loss, grads, row_grads = sparse.value_and_grad(lambda m: jnp.sum(m(ids) ** 2))(model)
+        opt.update(model, grads)
+        sopt.update(model, row_grads)
+        return nnx.state((model, opt, sopt)), loss
+
+    mem = jax.jit(step, donate_argnums=0).lower(state, ids).compile().memory_analysis()
+    table_bytes = big_v * d * 4
+    assert mem.temp_size_in_bytes < table_bytes // 10
+    assert mem.alias_size_in_bytes >= 3 * table_bytes  # table, exp_avg, exp_avg_sq

@@ -253,12 +253,10 @@ def sgd(
         if dampening == 0:
             buf = _scatter_fma(buf, ids, g, 1.0)
         else:
-            buf = jax.lax.cond(
-                state.started,
-                lambda b: _scatter_fma(b, ids, g, 1 - dampening),
-                lambda b: _scatter_fma(b, ids, g, 1.0),  # torch: buf = grad.clone()
-                buf,
-            )
+            # First step: torch's buf = grad.clone() (no dampening). Two in-place scatters; the
+            # masked one adds fma(-0.0, alpha, x) = x. (A lax.cond would copy the buffer.)
+            buf = _scatter_fma(buf, ids, jnp.where(state.started, g, -0.0), 1 - dampening)
+            buf = _scatter_fma(buf, ids, jnp.where(state.started, -0.0, g), 1.0)
         if nesterov:
             table = table + (buf * _scalar(momentum, table.dtype)) * _scalar(neg_lr, table.dtype)
             table = _scatter_fma(table, ids, g, neg_lr)
