@@ -6,9 +6,10 @@ Public API:
   functions).
 * :class:`jaxembed.Embed`: ``flax.nnx`` module (``torch.nn.Embedding``).
 * :mod:`jaxembed.linen`: ``flax.linen`` module ``Embed``.
+* :mod:`jaxembed.sparse`: row-sparse gradients and torch's sparse optimizers (``sparse=True``).
 """
 
-from jaxembed import functional, linen
+from jaxembed import functional, linen, sparse
 from jaxembed._src.initializers import Pretrained, default_embed_init
 from jaxembed._src.nnx_embed import Embed, FrozenParam
 
@@ -21,4 +22,5 @@ __all__ = [
     "default_embed_init",
     "functional",
     "linen",
+    "sparse",
 ]
