@@ -220,6 +220,7 @@ def sgd(
     ``weight_decay`` raises torch's error (torch cannot add a dense parameter to a sparse grad).
     ``lr`` must be a concrete number (it is compiled into the FMA scatter).
     """
+    lr = float(lr)  # compiled into the FMA scatter: a traced or scheduled lr cannot be used
     if lr < 0.0:
         raise ValueError(f"Invalid learning rate: {lr}")
     if momentum < 0.0:
