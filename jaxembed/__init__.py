@@ -7,9 +7,10 @@ Public API:
 * :class:`jaxembed.Embed`: ``flax.nnx`` module (``torch.nn.Embedding``).
 * :mod:`jaxembed.linen`: ``flax.linen`` module ``Embed``.
 * :mod:`jaxembed.sharding`: vocab-parallel (row-sharded) lookups on ``jax.sharding`` meshes.
+* :mod:`jaxembed.sparse`: row-sparse gradients and torch's sparse optimizers (``sparse=True``).
 """
 
-from jaxembed import functional, linen, sharding
+from jaxembed import functional, linen, sharding, sparse
 from jaxembed._src.initializers import Pretrained, default_embed_init
 from jaxembed._src.nnx_embed import Embed, FrozenParam
 
@@ -23,4 +24,5 @@ __all__ = [
     "functional",
     "linen",
     "sharding",
+    "sparse",
 ]

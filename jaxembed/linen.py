@@ -1,5 +1,20 @@
 """flax.linen modules with torch's embedding semantics."""
 
 from jaxembed._src.linen_embed import FROZEN_COLLECTION, Embed
+from jaxembed._src.sparse_linen import (
+    IDS_COLLECTION,
+    PROBE_COLLECTION,
+    SPARSE_COLLECTION,
+    row_gradients,
+    row_probes,
+)
 
-__all__ = ["Embed", "FROZEN_COLLECTION"]
+__all__ = [
+    "Embed",
+    "FROZEN_COLLECTION",
+    "IDS_COLLECTION",
+    "PROBE_COLLECTION",
+    "SPARSE_COLLECTION",
+    "row_gradients",
+    "row_probes",
+]

@@ -205,9 +205,13 @@ def _lookup_jvp(rule: _GradRule, primals, tangents):
     return _lookup(rule, table, ids), out_dot
 
 
-def _prepare(input, weight, padding_idx):
+def _prepare(input, weight, padding_idx, sparse=False):
     validation.check_weight(weight)
     weight = jnp.asarray(weight)
+    if sparse:
+        # The table gets no dense gradient: a sparse optimizer applies the row gradients
+        # (see jaxembed.sparse).
+        weight = jax.lax.stop_gradient(weight)
     ids = validation.check_indices(input)
     num_embeddings = weight.shape[0]
     padding_idx = validation.normalize_padding_idx(padding_idx, num_embeddings)
@@ -231,6 +235,7 @@ def embedding(
     max_norm: float | None = None,
     norm_type: float = 2.0,
     scale_grad_by_freq: bool = False,
+    sparse: bool = False,
 ) -> jax.Array:
     """``torch.nn.functional.embedding``: the rows of ``weight`` at ``input``.
 
@@ -247,6 +252,10 @@ def embedding(
       norm_type: the p of the norm for ``max_norm`` (1, 2, inf, 0, fractional, negative).
       scale_grad_by_freq: divide each position's gradient by the frequency of its id in the
         whole input (padding positions counted, as torch).
+      sparse: torch's row-sparse gradient. The rows are the same, but ``weight`` gets no
+        gradient: differentiate w.r.t. the returned rows and turn that into torch's sparse
+        gradient with ``jaxembed.sparse.row_gradients`` (see the README, "Sparse gradients").
+        With ``scale_grad_by_freq`` this raises torch's RuntimeError.
 
     Returns:
       ``input.shape + (D,)`` rows in ``weight``'s dtype.
@@ -257,7 +266,9 @@ def embedding(
     its gradient is dropped, and ``checkify.checkify(f, errors=checkify.index_checks)`` reports
     it. Negative ids never wrap around.
     """
-    ids, weight, padding_idx = _prepare(input, weight, padding_idx)
+    if sparse:
+        validation.check_sparse(scale_grad_by_freq)
+    ids, weight, padding_idx = _prepare(input, weight, padding_idx, sparse)
     return _lookup_rows(ids, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq)
 
 
@@ -268,14 +279,18 @@ def embed_and_renorm(
     max_norm: float | None = None,
     norm_type: float = 2.0,
     scale_grad_by_freq: bool = False,
+    sparse: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """:func:`embedding` plus the table torch would hold afterwards, from one gather.
 
     Returns ``(rows, new_weight)``. ``new_weight`` is ``weight`` with torch's max_norm renorm
     written into the referenced rows (``weight`` itself when ``max_norm`` is None); it carries no
-    gradient. The modules store it to reproduce torch's in-place update.
+    gradient. The modules store it to reproduce torch's in-place update. ``sparse`` as in
+    :func:`embedding`.
     """
-    ids, weight, padding_idx = _prepare(input, weight, padding_idx)
+    if sparse:
+        validation.check_sparse(scale_grad_by_freq)
+    ids, weight, padding_idx = _prepare(input, weight, padding_idx, sparse)
     rows = _lookup_rows(ids, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq)
     if max_norm is None:
         return rows, weight

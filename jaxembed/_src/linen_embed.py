@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxembed._src import functional as F
-from jaxembed._src import initializers, sharding, validation
+from jaxembed._src import initializers, sharding, sparse_linen, validation
 
 #: The collection that holds a frozen (non-trainable) table.
 FROZEN_COLLECTION = "frozen"
@@ -35,6 +35,12 @@ class Embed(nn.Module):
     Sharding: wrap ``embedding_init`` with ``nn.with_partitioning(init, ("model", None))`` (or
     ``nn.with_logical_partitioning``), as for any linen parameter; a table whose rows are split
     is looked up vocab-parallel (see ``jaxembed._src.sharding``).
+
+    ``sparse=True`` (torch's row-sparse gradient): the table lives in ``"sparse_params"`` and is
+    trained by a ``jaxembed.sparse`` optimizer from the rows' gradients (probes in
+    ``"row_probes"``, ids in ``"row_ids"``; README "Sparse gradients"). With max_norm the renorm
+    is stored when ``"sparse_params"`` is mutable. ``scale_grad_by_freq`` with ``sparse`` raises
+    torch's RuntimeError at construction (torch raises at backward).
     """
 
     num_embeddings: int
@@ -47,10 +53,13 @@ class Embed(nn.Module):
     param_dtype: Any = jnp.float32
     embedding_init: Callable = initializers.default_embed_init
     freeze: bool = False
+    sparse: bool = False
 
     def __post_init__(self):
         # Validate at construction, like torch's constructor.
         validation.normalize_padding_idx(self.padding_idx, self.num_embeddings)
+        if self.sparse:
+            validation.check_sparse(self.scale_grad_by_freq)
         super().__post_init__()
 
     @property
@@ -59,7 +68,9 @@ class Embed(nn.Module):
 
     @property
     def _collection(self) -> str:
-        return FROZEN_COLLECTION if self.freeze else "params"
+        if self.freeze:
+            return FROZEN_COLLECTION
+        return sparse_linen.SPARSE_COLLECTION if self.sparse else "params"
 
     def setup(self):
         def init():
@@ -135,6 +146,9 @@ class Embed(nn.Module):
         ``out_sharding`` (a PartitionSpec, as flax's ``nnx.Embed``) lays the rows out on the
         context mesh; a row-sharded table is looked up vocab-parallel (one all-reduce).
         """
+        if self.sparse and not self.freeze:
+            validation.check_sparse_unsharded(out_sharding)
+            return sparse_linen.lookup(self, inputs)
         rows, table = sharding.module_embed_and_renorm(
             inputs,
             self.table.value,
@@ -156,4 +170,5 @@ class Embed(nn.Module):
     def attend(self, query, out_sharding=None) -> jax.Array:
         """Tied logits ``query @ embedding.T``, as flax's ``Embed.attend``; a row-sharded table
         gives vocab-sharded logits without communication. ``out_sharding``: their layout."""
+        validation.check_attend_not_sparse(self.sparse, self.freeze)
         return sharding.constrain(F.attend(query, self.table.value, self.dtype), out_sharding)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxembed._src import functional as F
-from jaxembed._src import initializers, sharding, validation
+from jaxembed._src import initializers, sharding, sparse_nnx, validation
 
 
 class FrozenParam(nnx.Variable):
@@ -44,6 +44,10 @@ class Embed(nnx.Module):
       embedding_init: ``(key, shape, dtype) -> table``. Default N(0, 1) as torch; flax's default
         is variance scaling with std ``1/sqrt(features)``.
       freeze: store the table as a :class:`FrozenParam` (not trainable) instead of ``nnx.Param``.
+      sparse: torch's ``sparse=True``: the table is a ``jaxembed.sparse.SparseParam`` trained
+        from row-sparse gradients (``jaxembed.sparse.value_and_grad`` and
+        ``jaxembed.sparse.Optimizer``; README "Sparse gradients"). With ``scale_grad_by_freq``
+        this raises torch's RuntimeError here (torch raises at backward).
       rngs: ``nnx.Rngs`` for the init.
       embedding_metadata: metadata for the table's variable, as flax's ``nnx.Embed``; e.g.
         ``{"out_sharding": ("model", None)}`` shards the rows over the mesh axis ``"model"``
@@ -67,9 +71,12 @@ class Embed(nnx.Module):
         param_dtype: Any = jnp.float32,
         embedding_init: Callable = initializers.default_embed_init,
         freeze: bool = False,
+        sparse: bool = False,
         rngs: nnx.Rngs,
         embedding_metadata: Mapping[str, Any] = MappingProxyType({}),
     ):
+        if sparse:
+            validation.check_sparse(scale_grad_by_freq)
         self.num_embeddings = num_embeddings
         self.features = features
         self.padding_idx = validation.normalize_padding_idx(padding_idx, num_embeddings)
@@ -79,11 +86,16 @@ class Embed(nnx.Module):
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.freeze = freeze
+        self.sparse = sparse
         table = initializers.init_table(
             rngs.params(), num_embeddings, features, param_dtype, embedding_init, self.padding_idx
         )
-        variable = FrozenParam if freeze else nnx.Param
-        self.embedding = variable(table, **embedding_metadata)
+        if sparse and not freeze:
+            validation.check_sparse_unsharded(embedding_metadata.get("out_sharding"))
+            sparse_nnx.init_sparse_table(self, table)
+        else:
+            variable = FrozenParam if freeze else nnx.Param
+            self.embedding = variable(table, **embedding_metadata)
 
     @classmethod
     def from_pretrained(
@@ -96,6 +108,7 @@ class Embed(nnx.Module):
         scale_grad_by_freq: bool = False,
         dtype: Any = None,
         embedding_metadata: Mapping[str, Any] = MappingProxyType({}),
+        sparse: bool = False,
     ) -> "Embed":
         """torch's ``nn.Embedding.from_pretrained``: a module holding ``embeddings``.
 
@@ -117,6 +130,7 @@ class Embed(nnx.Module):
             param_dtype=embeddings.dtype,
             embedding_init=initializers.Pretrained(embeddings),
             freeze=freeze,
+            sparse=sparse,
             rngs=nnx.Rngs(0),  # unused by Pretrained
             embedding_metadata=embedding_metadata,
         )
@@ -127,6 +141,9 @@ class Embed(nnx.Module):
         ``out_sharding`` (a PartitionSpec, as flax's ``nnx.Embed``) lays the rows out on the
         context mesh; a row-sharded table is looked up vocab-parallel (one all-reduce).
         """
+        if self.sparse and not self.freeze:
+            validation.check_sparse_unsharded(out_sharding)
+            return sparse_nnx.lookup(self, inputs)
         rows, table = sharding.module_embed_and_renorm(
             inputs,
             self.embedding.get_value(),
@@ -144,4 +161,5 @@ class Embed(nnx.Module):
     def attend(self, query, out_sharding=None) -> jax.Array:
         """Tied logits ``query @ embedding.T``, as flax's ``Embed.attend``; a row-sharded table
         gives vocab-sharded logits without communication. ``out_sharding``: their layout."""
+        validation.check_attend_not_sparse(self.sparse, self.freeze)
         return sharding.constrain(F.attend(query, self.embedding.get_value(), self.dtype), out_sharding)

@@ -15,6 +15,8 @@ import numpy as np
 # torch's message (torch/nn/modules/sparse.py and torch/nn/functional.py).
 PADDING_IDX_MESSAGE = "Padding_idx must be within num_embeddings"
 OUT_OF_RANGE_MESSAGE = "index out of range in self"
+# torch's messages for sparse gradients (aten/src/ATen/native/Embedding.cpp, torch/optim).
+SPARSE_SGBF_MESSAGE = "embedding_backward: scale_grad_by_freq not supported with sparse gradients"
 
 
 def normalize_padding_idx(padding_idx, num_embeddings: int) -> int | None:
@@ -98,4 +100,30 @@ def check_from_pretrained_dtype(embeddings, freeze: bool) -> None:
         raise RuntimeError(
             "Only Tensors of floating point and complex dtype can require gradients "
             f"(from_pretrained(freeze=False) got dtype {jnp.asarray(embeddings).dtype})"
+        )
+
+
+def check_sparse(scale_grad_by_freq: bool) -> None:
+    """torch refuses ``scale_grad_by_freq`` with ``sparse=True`` (at backward; we refuse at the
+    lookup, where the sparse gradient's rows are formed)."""
+    if scale_grad_by_freq:
+        raise RuntimeError(SPARSE_SGBF_MESSAGE)
+
+
+def check_attend_not_sparse(sparse: bool, freeze: bool) -> None:
+    """Tied logits on a sparse table would need the table's dense gradient (torch adds a dense
+    gradient to the sparse one); refuse rather than silently drop it."""
+    if sparse and not freeze:
+        raise NotImplementedError(
+            "attend() on a sparse=True table: the logits' gradient w.r.t. the table is dense "
+            "(V x D) and a sparse table receives none. Use sparse=False for tied embeddings."
+        )
+
+
+def check_sparse_unsharded(sharding) -> None:
+    """The row-sparse path (``sparse=True``) has no vocab-parallel variant yet."""
+    if sharding is not None:
+        raise NotImplementedError(
+            "sparse=True with a sharded table or out_sharding is not supported: the row-sparse "
+            f"path runs on one device (got sharding {sharding!r}). Use sparse=False to shard."
         )
