@@ -8,9 +8,11 @@ the looked-up rows into bags and reduces each bag.
 Bags. A 2-D ``input`` of shape ``(B, L)`` is B bags of L ids. A 1-D ``input`` of N ids is cut by
 ``offsets``: bag ``b`` holds positions ``offsets[b] <= i < offsets[b + 1]``, the last bag running
 to N. With ``include_last_offset`` ``offsets`` has B + 1 entries and positions from
-``offsets[B]`` on belong to no bag (torch ignores them too). The number of bags is static (it is
-the shape of ``offsets``) while the offsets are data: each position gets the number of its bag (a
-segment id) and the bags are reduced with segment sums and maxima, never a loop over bags or ids.
+``offsets[B]`` on belong to no bag. The number of bags is static (it is the shape of
+``offsets``) while the offsets are data: each position gets the number of its bag (a segment id)
+and the bags are reduced with segment sums and maxima. Fixed-length bags (2-D input, sum and
+mean) are summed column after column, each step vectorised over all bags, so that XLA fuses the
+gathers into the additions (:func:`_fixed_bag_sum`). No loop runs over bags or over ids.
 """
 
 from __future__ import annotations
@@ -97,8 +99,8 @@ def _divide_by_size(total: jax.Array, size: jax.Array) -> jax.Array:
     """The mean: ``total / size`` in the output dtype (torch divides the finished sum)."""
     # XLA rewrites x / broadcast(y) into x * broadcast(1 / y), which is not x / y; the barrier
     # keeps the division a true division (bit-exact with torch).
-    size = jax.lax.optimization_barrier(jnp.broadcast_to(size.astype(total.dtype)[:, None], total.shape))
-    return total / size
+    size = jnp.broadcast_to(size.astype(total.dtype)[:, None], total.shape)
+    return total / jax.lax.optimization_barrier(size)
 
 
 @_divide_by_size.defjvp
@@ -222,7 +224,9 @@ def _fixed_bag_sum_jvp(rule, primals, tangents):
     weight_dot, psw_dot, _ = tangents
 
     def plain(weight, per_sample_weights):
-        rows = F.embedding(ids, weight, rule.padding_idx, scale_grad_by_freq=rule.scale_grad_by_freq)
+        rows = F.embedding(
+            ids, weight, rule.padding_idx, scale_grad_by_freq=rule.scale_grad_by_freq
+        )
         return jnp.sum(_summands(rows, ids, per_sample_weights, rule.padding_idx), axis=1)
 
     if per_sample_weights is None:
@@ -334,7 +338,11 @@ def embedding_bag(
       per_sample_weights: ``input``-shaped weights multiplying each row before the sum
         (``mode="sum"`` only), the table's dtype. Differentiable.
       include_last_offset: ``offsets`` has B + 1 entries, the last one the end of the last bag;
-        positions after it are ignored (torch).
+        ids after it belong to no bag: no part in the output, no gradient (they still count for
+        ``max_norm`` and ``scale_grad_by_freq``, as in torch). That is torch's float32/half
+        forward without ``padding_idx``; torch's other paths (padding_idx, float64, max, every
+        backward) put them in the last bag, which makes its forward and backward disagree
+        (pytorch#52851). Static-shape code can pad the ids and mark the end this way.
       padding_idx: positions holding this id are left out of the sum, of the mean's count and of
         the max, and get no gradient. A bag of padding only (or an empty bag) gives zeros.
         ``-num_embeddings <= padding_idx < num_embeddings``, negative counts from the end.
@@ -356,7 +364,16 @@ def embedding_bag(
 
     Deliberate differences: any integer dtype for ids and offsets (float ids raise TypeError
     instead of torch's RuntimeError); a ``(B, 0)`` input gives B zero rows (torch fails in
-    ``arange``); no ``sparse`` argument here.
+    ``arange``); ids after an ``include_last_offset`` end are in no bag on every path (above);
+    no ``sparse`` argument here.
+
+    Exactness on CPU (tests in ``parity_tests/test_embedding_bag.py``): float32 outputs are
+    bit-exact in every mode (sums in input order, as torch's); bfloat16/float16 sums are
+    accumulated in float32 and rounded once, bit-exact except torch's FBGEMM fast path (no
+    ``padding_idx``), which rounds exact ties away from even (1 ulp). The max gradient is
+    bit-exact; sum/mean gradients, ``per_sample_weights`` and ``scale_grad_by_freq`` are within
+    1.5 eps times the sum of the magnitudes (torch adds with fused multiply-adds in sorted-id
+    order).
     """
     out, _ = embedding_bag_and_renorm(
         input,
