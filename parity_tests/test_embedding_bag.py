@@ -108,6 +108,18 @@ def _assert_within(got, want, mag, k, exact):
     assert np.all(diff <= bound), f"max excess {np.max(diff - bound)}"
 
 
+def _assert_forward(got, want, ids, offsets, last, table, mode, padding_idx, ulp=0):
+    """Bag outputs: within ``ulp`` on CPU (torch sums in input order, as we do); elsewhere torch
+    sums in another order, so within a bound on the bag's magnitude (max mode: exact)."""
+    if tol.ON_CPU or mode == "max":
+        assert ulp_distance(got, want) <= ulp
+        return
+    seg, num = _segments(ids, offsets, last)
+    keep = ids.reshape(-1) != (V if padding_idx is None else padding_idx % V)
+    mag = _out_magnitude(table, ids, seg, keep, num, mode)
+    _assert_within(got, want, mag, tol.REORDER_BOUND_EPS, exact=False)
+
+
 def _grad_magnitude(ids, seg, keep, gout, scale):
     """sum over the positions of each row of |gout[bag] * scale|: the scale of its gradient."""
     flat = ids.reshape(-1)
@@ -150,13 +162,7 @@ def test_forward_float32_bit_exact(mode, padding_idx, layout):
     want = _torch_bag(ids, w, offsets, "float32", **kw)[0]
     got = _jax_bag(ids, w, offsets, **kw)[0]
     assert got.shape == want.shape
-    if tol.ON_CPU or mode == "max":
-        assert ulp_distance(got, want) == 0
-    else:  # CUDA sums in another order
-        seg, num = _segments(ids, offsets, last)
-        keep = ids.reshape(-1) != (V if padding_idx is None else padding_idx % V)
-        mag = _out_magnitude(w, ids, seg, keep, num, mode)
-        _assert_within(got, want, mag, tol.REORDER_BOUND_EPS, exact=False)
+    _assert_forward(got, want, ids, offsets, last, w, mode, padding_idx)
     if padding_idx is not None:
         assert not np.any(got[0])  # an all-padding bag is zeros in every mode
     if offsets is not None:
@@ -169,7 +175,8 @@ def test_eager_equals_jit_default_mode_is_mean_negative_padding_idx():
     eager = np.asarray(F.embedding_bag(ids, w, offsets, padding_idx=-1))
     jitted = _jax_bag(ids, w, offsets, padding_idx=-1)[0]
     np.testing.assert_array_equal(eager, jitted)
-    np.testing.assert_array_equal(eager, _torch_bag(ids, w, offsets, "float32", padding_idx=-1)[0])
+    want = _torch_bag(ids, w, offsets, "float32", padding_idx=-1)[0]
+    _assert_forward(eager, want, ids, offsets, False, w, "mean", -1)
     assert not np.any(eager[0])  # all padding (id V - 1)
 
 
@@ -185,9 +192,9 @@ def test_forward_low_precision(dtype_name, mode, padding_idx):
     kw = dict(mode=mode, padding_idx=padding_idx)
     want = _torch_bag(ids, w, None, dtype_name, **kw)[0]
     got = _jax_bag(ids, w, None, **kw)[0]
-    ulp = ulp_distance(got, want)
     fast_path = padding_idx is None and mode != "max" and dtype_name == "bfloat16"
-    assert ulp <= (tol.BAG_BF16_FAST_PATH_ULP if fast_path else 0), ulp
+    ulp = tol.BAG_BF16_FAST_PATH_ULP if fast_path else 0
+    _assert_forward(got, want, ids, None, False, w, mode, padding_idx, ulp)
 
 
 def test_float64_bit_exact(x64):
@@ -198,7 +205,8 @@ def test_float64_bit_exact(x64):
             kw = dict(mode=mode, padding_idx=pad, include_last_offset=last)
             got = _jax_bag(ids, w, offsets, **kw)[0]
             assert got.dtype == np.float64
-            assert ulp_distance(got, _torch_bag(ids, w, offsets, "float64", **kw)[0]) == 0
+            want = _torch_bag(ids, w, offsets, "float64", **kw)[0]
+            _assert_forward(got, want, ids, offsets, last, w, mode, pad)
 
 
 def test_low_precision_sum_is_float32_accumulated():
@@ -236,10 +244,11 @@ def test_include_last_offset_ignores_trailing_ids():
     offsets = np.array([0, 3, 6])
     got, grad, _ = _jax_bag(ids, w, offsets, gout=np.ones((2, D), np.float32), mode="sum",
                             include_last_offset=True)
-    want = from_torch(TF.embedding_bag(to_torch(ids), to_torch(w), to_torch(offsets),
-                                       mode="sum", include_last_offset=True))
-    np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(got, [w[0:3].sum(0), w[3:6].sum(0)])
+    if tol.ON_CPU:  # torch's CUDA path is not documented here (source only)
+        want = from_torch(TF.embedding_bag(to_torch(ids), to_torch(w), to_torch(offsets),
+                                           mode="sum", include_last_offset=True))
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, [w[0:3].sum(0), w[3:6].sum(0)], rtol=1e-6)
     assert not np.any(grad[6:10]) and np.all(grad[:6] == 1)
 
 
@@ -362,7 +371,7 @@ def test_scale_grad_by_freq_matches_torch_embedding_plus_reduction(mode, padding
     j_ids = ids if offsets is not None else ids.reshape(2, 5)
     j_out, j_grad, _ = _jax_bag(j_ids, w, offsets, gout=gout, mode=mode, padding_idx=padding_idx,
                                 scale_grad_by_freq=True)
-    assert ulp_distance(j_out, from_torch(out)) == 0
+    _assert_forward(j_out, from_torch(out), j_ids, offsets, False, w, mode, padding_idx)
     counts = np.bincount(ids, minlength=V).astype(np.float64)
     scale = 1 / counts[ids]
     if mode == "mean":
