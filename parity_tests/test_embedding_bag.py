@@ -175,6 +175,8 @@ def test_eager_equals_jit_default_mode_is_mean_negative_padding_idx():
     eager = np.asarray(F.embedding_bag(ids, w, offsets, padding_idx=-1))
     jitted = _jax_bag(ids, w, offsets, padding_idx=-1)[0]
     np.testing.assert_array_equal(eager, jitted)
+    as_lists = F.embedding_bag(ids.tolist(), w, offsets.tolist(), padding_idx=-1)
+    np.testing.assert_array_equal(as_lists, eager)
     want = _torch_bag(ids, w, offsets, "float32", padding_idx=-1)[0]
     _assert_forward(eager, want, ids, offsets, False, w, "mean", -1)
     assert not np.any(eager[0])  # all padding (id V - 1)

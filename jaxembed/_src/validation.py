@@ -155,7 +155,8 @@ def check_bag_inputs(input, offsets, include_last_offset: bool):
     ``offsets`` (the start of each bag, plus the end of the last one with
     ``include_last_offset``).
     """
-    ids = check_indices(input)
+    # Python lists too (check_indices wants an array).
+    ids = check_indices(input if hasattr(input, "dtype") else np.asarray(input))
     if ids.ndim == 2:
         if offsets is not None:
             raise ValueError(
@@ -168,7 +169,9 @@ def check_bag_inputs(input, offsets, include_last_offset: bool):
         raise ValueError(f"input has to be 1D or 2D Tensor, but got Tensor of dimension {ids.ndim}")
     if offsets is None:
         raise ValueError("offsets has to be a 1D Tensor but got None")
-    offsets = check_indices(offsets, "offsets")
+    offsets = check_indices(
+        offsets if hasattr(offsets, "dtype") else np.asarray(offsets), "offsets"
+    )
     if offsets.ndim != 1:
         raise ValueError("offsets has to be a 1D Tensor")
     if include_last_offset and offsets.shape[0] < 1:
@@ -224,6 +227,7 @@ def check_per_sample_weights(per_sample_weights, input_shape, weight_dtype, mode
     table's dtype. Returns it as an array (or None)."""
     if per_sample_weights is None:
         return None
+    per_sample_weights = jnp.asarray(per_sample_weights)
     if tuple(jnp.shape(per_sample_weights)) != tuple(input_shape):
         raise ValueError(
             f"embedding_bag: If per_sample_weights ({tuple(jnp.shape(per_sample_weights))}) is "
@@ -242,4 +246,4 @@ def check_per_sample_weights(per_sample_weights, input_shape, weight_dtype, mode
             f"argument #1 'per_sample_weights'; but type {weight_dtype} does not equal {dtype} "
             "(while checking arguments for embedding_bag)"
         )
-    return jnp.asarray(per_sample_weights)
+    return per_sample_weights
