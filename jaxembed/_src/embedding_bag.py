@@ -22,6 +22,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxembed._src import functional as F
 from jaxembed._src import validation
@@ -277,7 +278,7 @@ def embedding_bag_and_renorm(
     padding_idx: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """:func:`embedding_bag` plus the table torch holds afterwards (see ``embed_and_renorm``)."""
-    input_shape = tuple(jnp.shape(input))
+    input_shape = tuple(np.shape(input))
     validation.check_bag_weight(weight)
     weight = jnp.asarray(weight)
     ids, offsets = validation.check_bag_inputs(input, offsets, include_last_offset)
