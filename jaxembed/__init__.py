@@ -5,7 +5,8 @@ Public API:
 * :mod:`jaxembed.functional`: ``embedding``, ``embedding_renorm`` (torch's semantics as pure
   functions).
 * :class:`jaxembed.Embed`: ``flax.nnx`` module (``torch.nn.Embedding``).
-* :mod:`jaxembed.linen`: ``flax.linen`` module ``Embed``.
+* :class:`jaxembed.EmbeddingBag`: ``flax.nnx`` module (``torch.nn.EmbeddingBag``).
+* :mod:`jaxembed.linen`: ``flax.linen`` modules ``Embed`` and ``EmbeddingBag``.
 * :mod:`jaxembed.sharding`: vocab-parallel (row-sharded) lookups on ``jax.sharding`` meshes.
 * :mod:`jaxembed.sparse`: row-sparse gradients and torch's sparse optimizers (``sparse=True``).
 """
@@ -13,11 +14,13 @@ Public API:
 from jaxembed import functional, linen, sharding, sparse
 from jaxembed._src.initializers import Pretrained, default_embed_init
 from jaxembed._src.nnx_embed import Embed, FrozenParam
+from jaxembed._src.nnx_embedding_bag import EmbeddingBag
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Embed",
+    "EmbeddingBag",
     "FrozenParam",
     "Pretrained",
     "default_embed_init",

@@ -7,5 +7,14 @@ from jaxembed._src.functional import (
     embedding_renorm,
     renorm_scale,
 )
+from jaxembed._src.embedding_bag import embedding_bag, embedding_bag_and_renorm
 
-__all__ = ["attend", "embed_and_renorm", "embedding", "embedding_renorm", "renorm_scale"]
+__all__ = [
+    "attend",
+    "embed_and_renorm",
+    "embedding",
+    "embedding_bag",
+    "embedding_bag_and_renorm",
+    "embedding_renorm",
+    "renorm_scale",
+]

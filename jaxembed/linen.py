@@ -1,6 +1,7 @@
 """flax.linen modules with torch's embedding semantics."""
 
 from jaxembed._src.linen_embed import FROZEN_COLLECTION, Embed
+from jaxembed._src.linen_embedding_bag import EmbeddingBag
 from jaxembed._src.sparse_linen import (
     IDS_COLLECTION,
     PROBE_COLLECTION,
@@ -11,6 +12,7 @@ from jaxembed._src.sparse_linen import (
 
 __all__ = [
     "Embed",
+    "EmbeddingBag",
     "FROZEN_COLLECTION",
     "IDS_COLLECTION",
     "PROBE_COLLECTION",

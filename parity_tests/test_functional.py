@@ -320,3 +320,11 @@ def test_library_does_not_import_torch():
 
     code = "import sys, jaxembed, jaxembed.linen; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_python_list_ids_like_torch_tensors():
+    w = _table(5, 3, "float32")
+    want = from_torch(TF.embedding(torch.tensor([[4, 0], [1, 1]]), to_torch(w)))
+    np.testing.assert_array_equal(F.embedding([[4, 0], [1, 1]], jnp.asarray(w)), want)
+    with pytest.raises(TypeError, match="'input'.*integer dtype"):
+        F.embedding([0.0, 1.0], jnp.asarray(w))

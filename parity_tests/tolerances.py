@@ -85,3 +85,28 @@ SPARSE_MOMENTUM_EPS = 24.0
 # 0.94 with another seed.
 # With torch's sqrt substituted and x64 on they are bit-exact on CPU (tested).
 SPARSE_ADAPTIVE_EPS = 2.0
+
+# EmbeddingBag -------------------------------------------------------------------------------
+# bfloat16 sum/mean without padding_idx: torch takes FBGEMM's fast path, which rounds the
+# float32 bag sum to bfloat16 with ties away from zero instead of to even (torch-semantics.md
+# §7, exp7b): 1 ulp on exact ties. With padding_idx torch rounds to even and we are bit-exact.
+BAG_BF16_FAST_PATH_ULP = 1
+
+# Mean (and scale_grad_by_freq) gradients: torch adds fma(g, dtype(1/size), acc) per term, in
+# its sorted-id order; we round g * dtype(1/size) first and add in input order. Bound:
+# K * eps(dtype) * sum_i |g_i / size_i| per element. Measured max K: 0.99 float32, 1.13 bfloat16.
+BAG_MEAN_GRAD_BOUND_EPS = 1.5 if ON_CPU else 2.0
+
+# per_sample_weights: torch's forward and table gradient use fma(psw, x, acc); the gradient of
+# psw is a dot product in BLAS order. Bound: K * eps(dtype) * sum_i |psw_i * x_i| per element.
+# Measured max K: 0.90 (float32 and bfloat16).
+BAG_PSW_BOUND_EPS = 1.0 if ON_CPU else 2.0
+
+# Bags of max_norm-renormed rows: the rows differ by RENORM_ULP, then the sum rounds. Bound:
+# K * eps * sum_i |row_i| (over the bag; / size for the mean). Measured max K: 1.08.
+BAG_RENORM_BOUND_EPS = 1.5 if ON_CPU else 2.0
+
+# Sum-mode gradients: torch adds in its sorted-id order, we in input order. Bound:
+# K * eps(dtype) * sum_i |g_i| per element. Measured max K: float32 1.29; bfloat16, which rounds
+# after every add in both orders, needs the classic two-order bound of 2.
+BAG_SUM_GRAD_BOUND_EPS = {"float32": 1.5, "float64": 1.5, "bfloat16": 2.0, "float16": 2.0}

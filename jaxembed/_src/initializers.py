@@ -45,3 +45,23 @@ def init_table(key, num_embeddings, features, param_dtype, embedding_init, paddi
         # tree.map: reaches the array inside an nn.Partitioned box too.
         table = jax.tree.map(lambda t: t.at[padding_idx].set(0), table)
     return table
+
+
+def pretrained_kwargs(embeddings, freeze: bool) -> dict:
+    """The constructor arguments that a module's ``from_pretrained`` derives from ``embeddings``.
+
+    Applies torch's checks (2-D table; no trainable integer table) and returns
+    ``num_embeddings``, ``features``, ``param_dtype``, ``embedding_init`` (a :class:`Pretrained`)
+    and ``freeze``.
+    """
+    validation.check_pretrained(embeddings)
+    validation.check_from_pretrained_dtype(embeddings, freeze)
+    embeddings = jnp.asarray(embeddings)
+    num_embeddings, features = embeddings.shape
+    return dict(
+        num_embeddings=num_embeddings,
+        features=features,
+        param_dtype=embeddings.dtype,
+        embedding_init=Pretrained(embeddings),
+        freeze=freeze,
+    )

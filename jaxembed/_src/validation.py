@@ -66,7 +66,9 @@ def check_indices(input, argname: str = "input") -> jax.Array:
     'indices' to have one of the following scalar types: Long, Int``. We accept every integer
     dtype (signed and unsigned): a gather is exact for all of them.
     """
-    dtype = jnp.result_type(input) if not hasattr(input, "dtype") else input.dtype
+    if not hasattr(input, "dtype"):
+        input = np.asarray(input)  # Python lists and scalars
+    dtype = input.dtype
     if not jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_):
         raise TypeError(
             f"Expected argument '{argname}' (the indices) to have an integer dtype; got {dtype}. "
@@ -127,3 +129,154 @@ def check_sparse_unsharded(sharding) -> None:
             "sparse=True with a sharded table or out_sharding is not supported: the row-sparse "
             f"path runs on one device (got sharding {sharding!r}). Use sparse=False to shard."
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# EmbeddingBag (torch/nn/functional.py embedding_bag and aten/src/ATen/native/EmbeddingBag.cpp)
+# ---------------------------------------------------------------------------------------------
+
+BAG_MODES = ("sum", "mean", "max")
+# nn.EmbeddingBag's constructor (lower-case "padding_idx", unlike nn.Embedding's message).
+BAG_MODULE_PADDING_IDX_MESSAGE = "padding_idx must be within num_embeddings"
+
+
+def normalize_bag_padding_idx(padding_idx, num_embeddings: int, module: bool = False):
+    """:func:`normalize_padding_idx` with torch's EmbeddingBag errors.
+
+    ``F.embedding_bag`` raises ``RuntimeError: padding_idx must be within the number of
+    embeddings, -V through V-1, but got X``; the ``nn.EmbeddingBag`` constructor (``module``)
+    raises ``AssertionError: padding_idx must be within num_embeddings``.
+    """
+    try:
+        return normalize_padding_idx(padding_idx, num_embeddings)
+    except AssertionError:
+        if module:
+            raise AssertionError(BAG_MODULE_PADDING_IDX_MESSAGE) from None
+        raise RuntimeError(
+            f"padding_idx must be within the number of embeddings, -{num_embeddings} through "
+            f"{num_embeddings - 1}, but got {padding_idx}"
+        ) from None
+
+
+def check_bag_mode(mode, scale_grad_by_freq: bool = False) -> None:
+    """torch's mode checks: one of sum/mean/max; max refuses ``scale_grad_by_freq``."""
+    if mode not in BAG_MODES:
+        raise ValueError("mode has to be one of sum, mean or max")
+    if mode == "max" and scale_grad_by_freq:
+        raise ValueError("max mode does not support scaling the gradient by the frequency")
+
+
+def check_bag_weight(weight) -> None:
+    """torch's ``embedding_bag`` table checks: 2-D, and a floating dtype."""
+    if jnp.ndim(weight) != 2:
+        raise ValueError(
+            f"weight has to be a 2D Tensor, but got Tensor of dimension {jnp.ndim(weight)}"
+        )
+    dtype = jnp.result_type(weight)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise RuntimeError(
+            "Expected tensor for argument #1 'weight' to have one of the following scalar "
+            f"types: Half, BFloat16, Float, Double; but got {dtype} instead (while checking "
+            "arguments for embedding_bag)"
+        )
+
+
+def check_bag_inputs(input, offsets, include_last_offset: bool):
+    """torch's rank rules for ``input`` and ``offsets``; returns ``(ids, offsets)`` as arrays.
+
+    2-D ``input`` is a batch of fixed-size bags and takes no offsets; 1-D ``input`` needs 1-D
+    ``offsets`` (the start of each bag, plus the end of the last one with
+    ``include_last_offset``).
+    """
+    # Python lists too (check_indices wants an array).
+    ids = check_indices(input if hasattr(input, "dtype") else np.asarray(input))
+    if ids.ndim == 2:
+        if offsets is not None:
+            raise ValueError(
+                "if input is 2D, then offsets has to be None, as input is treated is a "
+                "mini-batch of fixed length sequences. However, found offsets of type "
+                f"{type(offsets)}"
+            )
+        return ids, None
+    if ids.ndim != 1:
+        raise ValueError(f"input has to be 1D or 2D Tensor, but got Tensor of dimension {ids.ndim}")
+    if offsets is None:
+        raise ValueError("offsets has to be a 1D Tensor but got None")
+    offsets = check_indices(
+        offsets if hasattr(offsets, "dtype") else np.asarray(offsets), "offsets"
+    )
+    if offsets.ndim != 1:
+        raise ValueError("offsets has to be a 1D Tensor")
+    if include_last_offset and offsets.shape[0] < 1:
+        raise RuntimeError("include_last_offset: number of offset should be at least 1")
+    return ids, offsets
+
+
+def check_offsets(offsets: jax.Array, num_inputs: int) -> None:
+    """torch's checks on concrete offsets (traced offsets: see ``embedding_bag``'s NaN policy).
+
+    ``offsets[0] == 0`` and ``offsets[-1] <= len(input)`` raise torch's RuntimeErrors. Decreasing
+    offsets are also refused, with a message of ours: torch 2.13 fails there with an internal
+    ``Expected i < index_size to be true`` or crashes (pytorch#175368).
+    """
+    if isinstance(offsets, jax.core.Tracer) or offsets.shape[0] == 0:
+        return
+    o = np.asarray(offsets).astype(np.int64)
+    if o[0] != 0:
+        raise RuntimeError(
+            "offsets[0] has to be 0, i.e., the first sequence in the mini-batch has to start "
+            f"from position 0. However, got {o[0]}"
+        )
+    if o[-1] > num_inputs:
+        raise RuntimeError(
+            f"offsets[-1] can not be greater than input's length {num_inputs} but got "
+            f"offsets[-1] of {o[-1]}"
+        )
+    down = np.flatnonzero(o[1:] < o[:-1])
+    if down.size:
+        i = int(down[0]) + 1
+        raise RuntimeError(
+            f"offsets must be non-decreasing, but offsets[{i}] = {o[i]} < "
+            f"offsets[{i - 1}] = {o[i - 1]}"
+        )
+
+
+def check_bag_in_range(indices: jax.Array, num_embeddings: int) -> None:
+    """torch's EmbeddingBag error for concrete ids outside ``[0, num_embeddings)``."""
+    if isinstance(indices, jax.core.Tracer) or indices.size == 0:
+        return
+    flat = np.asarray(indices).reshape(-1).astype(np.int64)
+    bad = np.flatnonzero((flat < 0) | (flat >= num_embeddings))
+    if bad.size:
+        i = int(bad[0])
+        raise RuntimeError(
+            f"Index {i} of input takes value {flat[i]} which is not in the valid range "
+            f"[0, {num_embeddings})"
+        )
+
+
+def check_per_sample_weights(per_sample_weights, input_shape, weight_dtype, mode):
+    """torch's ``per_sample_weights`` checks: same shape as ``input``, mode 'sum' only, and the
+    table's dtype. Returns it as an array (or None)."""
+    if per_sample_weights is None:
+        return None
+    per_sample_weights = jnp.asarray(per_sample_weights)
+    if tuple(jnp.shape(per_sample_weights)) != tuple(input_shape):
+        raise ValueError(
+            f"embedding_bag: If per_sample_weights ({tuple(jnp.shape(per_sample_weights))}) is "
+            f"not None, then it must have the same shape as the input ({tuple(input_shape)})"
+        )
+    if mode != "sum":
+        raise NotImplementedError(
+            "embedding_bag: per_sample_weights was not None. per_sample_weights is only "
+            f"supported for mode='sum' (got mode='{mode}'). Please open a feature request on "
+            "GitHub."
+        )
+    dtype = jnp.result_type(per_sample_weights)
+    if dtype != weight_dtype:
+        raise RuntimeError(
+            "Expected tensor for argument #1 'weight' to have the same type as tensor for "
+            f"argument #1 'per_sample_weights'; but type {weight_dtype} does not equal {dtype} "
+            "(while checking arguments for embedding_bag)"
+        )
+    return per_sample_weights
