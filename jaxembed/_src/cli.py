@@ -11,7 +11,9 @@ import sys
 
 # name -> ("module:function", one-line help). The function takes argv (a list) and returns an
 # exit status.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("jaxembed._src.bench.main:main", "time jaxembed against flax, torch and memory ceilings"),
+}
 
 
 def main(argv=None) -> int:
