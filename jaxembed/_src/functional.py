@@ -161,14 +161,30 @@ def _lookup(rule: _GradRule, table: jax.Array, ids: jax.Array) -> jax.Array:
     return _gather(table, ids)
 
 
+def _drop_padding(ids: jax.Array, rule: _GradRule) -> jax.Array:
+    """``ids`` with padding positions moved out of range, for the gradient's gather only.
+
+    The backward then drops those positions (the scatter's drop mode) instead of adding zeros
+    into the padding row: with padding-heavy batches every padding token hits one row, and index
+    contention is what turns XLA:GPU's f32 scatter-add into a compare-and-swap loop in jaxlib
+    0.10.2-0.11.0 (openxla/xla#46225). The values are unchanged: those positions contribute zero.
+    """
+    if rule.padding_idx is None:
+        return ids
+    if jnp.iinfo(ids.dtype).max < rule.num_embeddings:  # e.g. uint8 ids: no room for V
+        ids = ids.astype(jax.dtypes.canonicalize_dtype(jnp.int64))
+    return jnp.where(ids == rule.padding_idx, rule.num_embeddings, ids)
+
+
 @_lookup.defjvp
 def _lookup_jvp(rule: _GradRule, primals, tangents):
     # The tangent is linear in table_dot, so reverse mode transposes it into torch's backward:
     # mask padding positions, scale by 1/count, scatter-add in input order (XLA:CPU scatters
-    # sequentially, which is torch's CPU order); out-of-range ids are dropped by the scatter.
+    # sequentially, which is torch's CPU order); out-of-range ids (padding positions included,
+    # see _drop_padding) are dropped by the scatter.
     table, ids = primals
     table_dot, _ = tangents
-    out_dot = _gather(table_dot, ids)
+    out_dot = _gather(table_dot, _drop_padding(ids, rule))
     if rule.scale_grad_by_freq:
         # Counts over the whole input, padding positions included (torch). torch adds each
         # contribution as fma(g, float32(1/count), acc); we round g * (1/count) first, which is
