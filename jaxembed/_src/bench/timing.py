@@ -32,6 +32,8 @@ def run_interleaved(benches: dict[str, Callable[[], object]], reps: int, warmup:
     Returns, per name: median/p25/p75/min/max seconds per call over ``reps`` samples, the relative
     inter-quartile range ``rel_iqr`` (the spread) and the inner-loop count.
     """
+    if not benches:
+        return {}
     inner = {}
     for name, fn in benches.items():
         t = 0.0
