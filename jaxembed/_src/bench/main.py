@@ -66,7 +66,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory for bench.json, bench.md and bench.png (default %(default)s)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", metavar="BENCH_JSON",
+                   help="time nothing: re-evaluate the targets of an earlier run's JSON and "
+                        "rewrite its markdown and PNG into --out")
     return p
+
+
+def _report_only(args) -> int:
+    from jaxembed._src.bench import report
+
+    with open(args.report) as fh:
+        result = json.load(fh)
+    result["targets"] = report.evaluate_targets(result["records"], result["settings"])
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench.json"), "w") as fh:
+        json.dump(result, fh, indent=1, default=str)
+    with open(os.path.join(args.out, "bench.md"), "w") as fh:
+        fh.write(report.markdown(result))
+    if not args.no_plot:
+        report.plot(result, os.path.join(args.out, "bench.png"))
+    print(report.targets_text(result["targets"]))
+    return 0
 
 
 def _mem_budget(args) -> float:
@@ -88,6 +108,8 @@ def _mem_budget(args) -> float:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.report:
+        return _report_only(args)
     preset = QUICK if args.quick else FULL
     for key in ("V", "D", "n", "reps", "warmup", "target_ms"):
         if getattr(args, key) is None:

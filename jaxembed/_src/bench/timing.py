@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -27,7 +28,7 @@ def run_interleaved(benches: dict[str, Callable[[], object]], reps: int, warmup:
                     target_s: float = 0.02, max_inner: int = 200) -> dict[str, dict]:
     """Times each ``fn`` (which must block until its work is done) in interleaved rounds.
 
-    Every round runs every bench once, starting at a different bench each round.
+    Every round runs every bench once, in a new random order (seeded) each round.
 
     Returns, per name: median/p25/p75/min/max seconds per call over ``reps`` samples, the relative
     inter-quartile range ``rel_iqr`` (the spread) and the inner-loop count.
@@ -42,10 +43,13 @@ def run_interleaved(benches: dict[str, Callable[[], object]], reps: int, warmup:
         inner[name] = max(1, min(max_inner, int(target_s / max(t, 1e-7))))
     times: dict[str, list[float]] = {k: [] for k in benches}
     names = list(benches)
-    for r in range(reps):
-        # Rotate the order each round: the op that runs first after another framework's work
-        # pays for it (thread-pool wake-up, caches), so no contender should always be first.
-        for name in names[r % len(names):] + names[:r % len(names)]:
+    rng = random.Random(0)
+    for _ in range(reps):
+        # A fresh random order each round: the op that runs right after another framework's
+        # work (torch's OpenMP pool, a numpy copy) pays for it (thread-pool wake-up, caches), so
+        # no contender may always sit in the same place or behind the same neighbour.
+        rng.shuffle(names)
+        for name in names:
             times[name].append(_sample(benches[name], inner[name]))
     out = {}
     for name, ts in times.items():
