@@ -161,6 +161,14 @@ def _lookup(rule: _GradRule, table: jax.Array, ids: jax.Array) -> jax.Array:
     return _gather(table, ids)
 
 
+def _out_of_range_where(mask: jax.Array, ids: jax.Array, num_embeddings: int) -> jax.Array:
+    """``ids`` with the positions in ``mask`` set to ``num_embeddings`` (out of range, so a
+    gather fills them and a scatter drops them)."""
+    if jnp.iinfo(ids.dtype).max < num_embeddings:  # e.g. uint8 ids: no room for V
+        ids = ids.astype(jax.dtypes.canonicalize_dtype(jnp.int64))
+    return jnp.where(mask, num_embeddings, ids)
+
+
 def _drop_padding(ids: jax.Array, rule: _GradRule) -> jax.Array:
     """``ids`` with padding positions moved out of range, for the gradient's gather only.
 
@@ -171,9 +179,7 @@ def _drop_padding(ids: jax.Array, rule: _GradRule) -> jax.Array:
     """
     if rule.padding_idx is None:
         return ids
-    if jnp.iinfo(ids.dtype).max < rule.num_embeddings:  # e.g. uint8 ids: no room for V
-        ids = ids.astype(jax.dtypes.canonicalize_dtype(jnp.int64))
-    return jnp.where(ids == rule.padding_idx, rule.num_embeddings, ids)
+    return _out_of_range_where(ids == rule.padding_idx, ids, rule.num_embeddings)
 
 
 @_lookup.defjvp
@@ -213,12 +219,14 @@ def _prepare(input, weight, padding_idx):
 
 
 def _lookup_rows(ids, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq):
+    """(rows, renorm scale per position); the scale is None without max_norm."""
     rule = _GradRule(weight.shape[0], padding_idx, bool(scale_grad_by_freq))
     rows = _lookup(rule, weight, ids)
+    scale = None
     if max_norm is not None:
         scale = jax.lax.stop_gradient(renorm_scale(rows, max_norm, norm_type))
         rows = _straight_through_scale(rows, scale)
-    return rows
+    return rows, scale
 
 
 def embedding(
@@ -255,7 +263,7 @@ def embedding(
     it. Negative ids never wrap around.
     """
     ids, weight, padding_idx = _prepare(input, weight, padding_idx)
-    return _lookup_rows(ids, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq)
+    return _lookup_rows(ids, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq)[0]
 
 
 def embed_and_renorm(
@@ -273,10 +281,16 @@ def embed_and_renorm(
     gradient. The modules store it to reproduce torch's in-place update.
     """
     ids, weight, padding_idx = _prepare(input, weight, padding_idx)
-    rows = _lookup_rows(ids, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq)
+    rows, scale = _lookup_rows(ids, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq)
     if max_norm is None:
         return rows, weight
-    new_weight = _scatter_set(jax.lax.stop_gradient(weight), ids, jax.lax.stop_gradient(rows))
+    # Write back only the rows the renorm changes (a scale of exactly 1 leaves a row as it is):
+    # the others go out of range and the scatter drops them. Once rows are renormed, a batch
+    # that does not push them over max_norm again writes nothing (torch also skips those rows).
+    write_ids = _out_of_range_where(scale == 1, ids, weight.shape[0])
+    new_weight = _scatter_set(
+        jax.lax.stop_gradient(weight), write_ids, jax.lax.stop_gradient(rows)
+    )
     return rows, new_weight
 
 
