@@ -132,3 +132,15 @@ def test_id_distributions():
     with pytest.raises(ValueError):
         cases.make_ids("normal", 10, 10, rng)
     assert jax.default_backend() in ("cpu", "gpu", "tpu")
+
+
+def test_report_reevaluates_a_json_without_timing(quick_run, tmp_path, capsys):
+    from jaxembed._src.bench.main import main
+
+    _, out = quick_run
+    assert main(["--report", str(out / "bench.json"), "--out", str(tmp_path), "--no-plot"]) == 0
+    again = json.loads((tmp_path / "bench.json").read_text())
+    before = json.loads((out / "bench.json").read_text())
+    assert again["records"] == before["records"]
+    assert [t["n_met"] for t in again["targets"]] == [t["n_met"] for t in before["targets"]]
+    assert "targets" in capsys.readouterr().out and (tmp_path / "bench.md").exists()
