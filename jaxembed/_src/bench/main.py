@@ -157,8 +157,12 @@ def main(argv=None) -> int:
                         ids = cases.make_ids(dist, V, n, rng)
                         g = rng.standard_normal((n, D), dtype=np.float32).astype(W_np.dtype)
                         pb = cases.Problem(shape, W_np, W_dev, ids, g)
-                        ctx = dict(shape=shape, dist=dist, budget=budget, base=base, vd=vd,
-                                   notes=notes)
+                        # XLA:CPU turns a 16-bit float scatter into a float32 one with V x D
+                        # float32 temporaries: budget the transients as if the table were f32.
+                        work_vd = (V * D * 4 if jax.default_backend() == "cpu"
+                                   and shape.itemsize == 2 else vd)
+                        ctx = dict(shape=shape, dist=dist, budget=budget, base=base,
+                                   vd=work_vd, notes=notes)
                         for op in args.ops:
                             if dist != "uniform" and op not in args.skew_ops:
                                 continue
