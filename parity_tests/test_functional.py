@@ -328,3 +328,56 @@ def test_python_list_ids_like_torch_tensors():
     np.testing.assert_array_equal(F.embedding([[4, 0], [1, 1]], jnp.asarray(w)), want)
     with pytest.raises(TypeError, match="'input'.*integer dtype"):
         F.embedding([0.0, 1.0], jnp.asarray(w))
+
+
+def test_checkify_reports_only_genuine_out_of_range_ids_in_a_training_step():
+    # padding_idx and max_norm must not use out-of-range sentinels internally, or checkify would
+    # fire on every valid batch and could no longer find the real ones.
+    w = jnp.asarray(_table(6, 4, "float32", scale=2.0))
+
+    def loss(t, ids):
+        return jnp.sum(F.embedding(ids, t, padding_idx=0, max_norm=1.0,
+                                   scale_grad_by_freq=True) ** 2)
+
+    checked = checkify.checkify(jax.jit(jax.grad(loss)), errors=checkify.index_checks)
+    err, _ = checked(w, jnp.array([[0, 0, 3], [5, 0, 0]]))
+    assert err.get() is None
+    err, _ = checked(w, jnp.array([[0, 6, 3], [5, 0, 0]]))
+    assert "out-of-bounds" in err.get()
+
+
+@pytest.mark.parametrize("id_dtype", [np.uint8, np.int8, np.int16, np.uint16])
+def test_narrow_id_dtypes_with_large_tables(id_dtype):
+    # 256 or 299 must not be cast to the ids' dtype (uint8: 256 -> 0).
+    w = _table(300, 2, "float32")
+    ids = np.array([0, 43, 100, 127], dtype=id_dtype)
+    got = F.embedding(jnp.asarray(ids), jnp.asarray(w), padding_idx=299)
+    np.testing.assert_array_equal(got, w[ids.astype(np.int64)])
+    grad = jax.grad(lambda t: F.embedding(jnp.asarray(ids), t, padding_idx=299).sum())(
+        jnp.asarray(w))
+    assert np.asarray(grad)[43].tolist() == [1.0, 1.0]  # 299 % 256 == 43 is not padding
+
+
+def test_padding_spread_backward_is_bit_exact_and_checkify_clean(monkeypatch):
+    # The accelerator backward sends padding positions to distinct rows (no atomic contention).
+    # Force it on here so CPU CI checks its bits against torch and its ids against checkify.
+    from jaxembed._src import functional as core
+
+    monkeypatch.setattr(core, "_spread_padding_on_this_backend", lambda: True)
+    w = _table(7, 5, "float32")
+    rng = np.random.default_rng(11)
+    ids = rng.integers(0, 7, size=(8, 9))
+    ids[:, ::2] = 2  # padding-heavy
+    gout = rng.normal(size=ids.shape + (5,)).astype(np.float32)
+    for kw in (dict(padding_idx=2), dict(padding_idx=2, scale_grad_by_freq=True)):
+        _, t_grad, _ = _torch_grad(ids, w, gout, "float32", **kw)
+        _, j_grad = _jax_grad(ids, w, gout, **kw)
+        counts = np.bincount(ids.reshape(-1), minlength=7).astype(np.float64)
+        _assert_grad_close(j_grad, t_grad, gout, ids, "float32",
+                           counts if kw.get("scale_grad_by_freq") else None)
+    checked = checkify.checkify(
+        jax.jit(jax.grad(lambda t, i: F.embedding(i, t, padding_idx=2).sum())),
+        errors=checkify.index_checks,
+    )
+    err, _ = checked(jnp.asarray(w), jnp.asarray(ids))
+    assert err.get() is None

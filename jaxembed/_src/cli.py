@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "parity": ("jaxembed._src.parity:main", "compare jaxembed with torch and print a table"),
     "demo": ("jaxembed._src.demo:main", "the tutorial's examples, step by step, next to torch"),
     "visualize": ("jaxembed._src.visualize:main", "pretrained word vectors: t-SNE plot and neighbours"),
+    "bench": ("jaxembed._src.bench.main:main", "time jaxembed against flax, torch and memory ceilings"),
 }
 
 

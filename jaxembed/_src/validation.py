@@ -75,7 +75,12 @@ def check_indices(input, argname: str = "input") -> jax.Array:
             "(torch: Expected tensor for argument #1 'indices' to have one of the following "
             "scalar types: Long, Int)"
         )
-    return jnp.asarray(input)
+    ids = jnp.asarray(input)
+    if jnp.iinfo(ids.dtype).bits < 32:
+        # Widen int8/int16/uint8/uint16 ids: comparing them with num_embeddings or padding_idx
+        # would otherwise cast those Python ints to the narrow dtype (256 -> 0 for uint8).
+        ids = ids.astype(jnp.int32)
+    return ids
 
 
 def check_in_range(indices: jax.Array, num_embeddings: int) -> None:
