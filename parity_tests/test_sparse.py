@@ -22,7 +22,7 @@ import jaxembed
 import jaxembed.functional as F
 from jaxembed import sparse
 from jaxembed._src import sparse_optim
-from conftest import TORCH_DEVICE, to_torch
+from conftest import TORCH_DEVICE
 from tolerances import ON_CPU, SPARSE_ADAPTIVE_EPS, SPARSE_MOMENTUM_EPS
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse invariant checks")

@@ -111,24 +111,18 @@ class Embed(nn.Module):
 
         ``partitioning``: the table's mesh axes, e.g. ``("model", None)`` (``nn.with_partitioning``).
         """
-        validation.check_pretrained(embeddings)
-        validation.check_from_pretrained_dtype(embeddings, freeze)
-        embeddings = jnp.asarray(embeddings)
-        num_embeddings, features = embeddings.shape
-        embedding_init = initializers.Pretrained(embeddings)
+        pretrained = initializers.pretrained_kwargs(embeddings, freeze)
         if partitioning is not None:
-            embedding_init = nn.with_partitioning(embedding_init, partitioning)
+            pretrained["embedding_init"] = nn.with_partitioning(
+                pretrained["embedding_init"], partitioning
+            )
         return cls(
-            num_embeddings=num_embeddings,
-            features=features,
             padding_idx=padding_idx,
             max_norm=max_norm,
             norm_type=norm_type,
             scale_grad_by_freq=scale_grad_by_freq,
             dtype=dtype,
-            param_dtype=embeddings.dtype,
-            embedding_init=embedding_init,
-            freeze=freeze,
+            **pretrained,
             **kwargs,
         )
 

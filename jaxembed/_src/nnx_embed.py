@@ -115,21 +115,13 @@ class Embed(nnx.Module):
         ``freeze=True`` (the default, as torch) stores it as a :class:`FrozenParam`. The padding
         row is NOT zeroed (torch). ``embeddings`` must be 2-D (torch's AssertionError).
         """
-        validation.check_pretrained(embeddings)
-        validation.check_from_pretrained_dtype(embeddings, freeze)
-        embeddings = jnp.asarray(embeddings)
-        num_embeddings, features = embeddings.shape
         return cls(
-            num_embeddings,
-            features,
             padding_idx=padding_idx,
             max_norm=max_norm,
             norm_type=norm_type,
             scale_grad_by_freq=scale_grad_by_freq,
             dtype=dtype,
-            param_dtype=embeddings.dtype,
-            embedding_init=initializers.Pretrained(embeddings),
-            freeze=freeze,
+            **initializers.pretrained_kwargs(embeddings, freeze),
             sparse=sparse,
             rngs=nnx.Rngs(0),  # unused by Pretrained
             embedding_metadata=embedding_metadata,
