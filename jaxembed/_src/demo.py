@@ -22,6 +22,7 @@ import optax
 from flax import nnx
 
 import jaxembed
+from jaxembed._src import tolerances
 
 # The tutorial's tables, as printed (torch.manual_seed(42), 4 decimals).
 # "权重矩阵" of the first example and of from_pretrained: torch.randn(5, 3) after seed 42.
@@ -83,11 +84,11 @@ MAX_NORM_IDS = np.array([0, 2], np.int32)  # row 2 (norm 2.34) is renormed; row 
 # backend (gathers and copies). The gradient and the jitted optax SGD step are bit-exact on CPU
 # (XLA:CPU contracts p - lr * g to torch's FMA); on GPU/TPU the fusion decisions are the
 # compiler's, so one rounding of slack is allowed there. max_norm's scale is computed in float32
-# without jax_enable_x64 (torch: double), so renormed rows may differ by a few ulp: 4 is the
-# parity suite's p=2 bound (parity_tests/tolerances.py, RENORM_ULP_F32[2.0]).
+# without jax_enable_x64 (torch: double), so renormed rows may differ by a few ulp: the parity
+# suite's measured p=2 bound (jaxembed/_src/tolerances.py).
 EXACT = 0
 ARITHMETIC_ULP = 0 if jax.default_backend() == "cpu" else 1
-RENORM_ULP = 4
+RENORM_ULP = tolerances.renorm_ulp(tolerances.backend_key(jax.default_backend()), "float32", 2.0)
 
 
 def _import_torch():

@@ -138,6 +138,17 @@ def _slot_sources(c: _Coalesced) -> tuple[jax.Array, jax.Array]:
     return rows, src
 
 
+def _coalesced_rows(grad, table, maximize: bool, name: str):
+    """The adaptive optimizers' common start: check ``grad``, negate it for ``maximize``,
+    coalesce duplicates (torch's ``coalesce()``), and return ``(coalesced, rows, src, values)``
+    with one gradient row per slot (see :func:`_slot_sources`)."""
+    _check_grad(grad, table, name)
+    g = -grad.values if maximize else grad.values
+    c = _coalesce(SparseRows(grad.ids, g.astype(table.dtype)), table.shape[0])
+    rows, src = _slot_sources(c)
+    return c, rows, src, c.values[src]
+
+
 def _update_rows(tables, rows, src, valid, compute):
     """Gathers ``tables`` at ``rows``, applies ``compute`` and writes back the valid slots."""
     old = [t[rows] for t in tables]
@@ -319,13 +330,9 @@ def sparse_adam(
         return SparseAdamState(jnp.zeros((), jnp.int32), jnp.zeros_like(table), jnp.zeros_like(table))
 
     def update_one(grad, state, table):
-        _check_grad(grad, table, "SparseAdam")
+        c, rows, src, gv = _coalesced_rows(grad, table, maximize, "SparseAdam")
         dtype = table.dtype
         step = state.step + 1
-        g = -grad.values if maximize else grad.values
-        c = _coalesce(SparseRows(grad.ids, g.astype(dtype)), table.shape[0])
-        rows, src = _slot_sources(c)
-        gv = c.values[src]
         wide = _wide_float()
         t = step.astype(wide)
         # 1 - beta**t as -expm1(t * log(beta)), log taken in double on the host: in float32,
@@ -400,13 +407,9 @@ def adagrad(
         )
 
     def update_one(grad, state, table):
-        _check_grad(grad, table, "Adagrad")
+        c, rows, src, gv = _coalesced_rows(grad, table, maximize, "Adagrad")
         dtype = table.dtype
         step = state.step + 1
-        g = -grad.values if maximize else grad.values
-        c = _coalesce(SparseRows(grad.ids, g.astype(dtype)), table.shape[0])
-        rows, src = _slot_sources(c)
-        gv = c.values[src]
         clr = lr / (1 + (step.astype(_wide_float()) - 1) * lr_decay)
         neg_clr = (-clr).astype(dtype)
 
