@@ -2,6 +2,6 @@
 
 import sys
 
-from jaxembed._src.bench.main import main
+from jaxembed._src.tools.bench.main import main
 
 sys.exit(main(sys.argv[1:]))

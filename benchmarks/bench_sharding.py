@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
 
 from jaxembed import functional as F  # noqa: E402
-from jaxembed._src import sharding as S  # noqa: E402
+from jaxembed._src.core import sharding as S  # noqa: E402
 
 LR = 1e-3
 

@@ -12,9 +12,9 @@ Public API:
 """
 
 from jaxembed import functional, linen, sharding, sparse
-from jaxembed._src.initializers import Pretrained, default_embed_init
-from jaxembed._src.nnx_embed import Embed, FrozenParam
-from jaxembed._src.nnx_embedding_bag import EmbeddingBag
+from jaxembed._src.core.initializers import Pretrained, default_embed_init
+from jaxembed._src.nnx.embed import Embed, FrozenParam
+from jaxembed._src.nnx.embedding_bag import EmbeddingBag
 
 __version__ = "0.1.0"
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from jaxembed._src.cli import main
+from jaxembed._src.tools.cli import main
 
 sys.exit(main())

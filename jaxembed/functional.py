@@ -1,13 +1,13 @@
 """torch.nn.functional's embedding operators in JAX (the semantics live in ``jaxembed._src``)."""
 
-from jaxembed._src.functional import (
+from jaxembed._src.core.functional import (
     attend,
     embed_and_renorm,
     embedding,
     embedding_renorm,
     renorm_scale,
 )
-from jaxembed._src.embedding_bag import embedding_bag, embedding_bag_and_renorm
+from jaxembed._src.core.embedding_bag import embedding_bag, embedding_bag_and_renorm
 
 __all__ = [
     "attend",

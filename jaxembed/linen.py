@@ -1,8 +1,8 @@
 """flax.linen modules with torch's embedding semantics."""
 
-from jaxembed._src.linen_embed import FROZEN_COLLECTION, Embed
-from jaxembed._src.linen_embedding_bag import EmbeddingBag
-from jaxembed._src.sparse_linen import (
+from jaxembed._src.linen.embed import FROZEN_COLLECTION, Embed
+from jaxembed._src.linen.embedding_bag import EmbeddingBag
+from jaxembed._src.linen.sparse import (
     IDS_COLLECTION,
     PROBE_COLLECTION,
     SPARSE_COLLECTION,

@@ -1,8 +1,8 @@
-"""``python -m jaxembed.parity``: the same as ``jaxembed parity`` (see ``jaxembed._src.parity``)."""
+"""``python -m jaxembed.parity``: the same as ``jaxembed parity`` (see ``jaxembed._src.tools.parity``)."""
 
 import sys
 
-from jaxembed._src.parity import main
+from jaxembed._src.tools.parity import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,7 +5,7 @@ embedding_metadata={"out_sharding": ("model", None)})``, or ``nn.with_partitioni
 ``jaxembed.linen.Embed``'s ``embedding_init``); these are the functions underneath.
 """
 
-from jaxembed._src.sharding import (
+from jaxembed._src.core.sharding import (
     VocabParallel,
     vocab_parallel_embed_and_renorm,
     vocab_parallel_embedding,

@@ -10,9 +10,9 @@ See the README section "Sparse gradients" for complete training steps (NNX, func
 * :func:`attach_probe`: the primitive that routes a lookup's row gradient to a probe.
 """
 
-from jaxembed._src.sparse import SparseRows, attach_probe, row_gradients
-from jaxembed._src.sparse_nnx import Optimizer, RowIds, RowProbe, SparseParam, value_and_grad
-from jaxembed._src.sparse_optim import (
+from jaxembed._src.core.sparse import SparseRows, attach_probe, row_gradients
+from jaxembed._src.nnx.sparse import Optimizer, RowIds, RowProbe, SparseParam, value_and_grad
+from jaxembed._src.core.sparse_optim import (
     AdagradState,
     SGDState,
     SparseAdamState,

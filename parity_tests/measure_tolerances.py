@@ -19,9 +19,9 @@ import torch
 
 from jaxembed import functional as F
 from jaxembed._src import interop
-from jaxembed._src.parity import NP_DTYPES, abs_diff, eps_of, torch_device, ulp_distance
-from jaxembed._src.training import OptimizerSpec as Opt
-from jaxembed._src.training import jax_train, torch_train
+from jaxembed._src.tools.parity import NP_DTYPES, abs_diff, eps_of, torch_device, ulp_distance
+from jaxembed._src.tools.training import OptimizerSpec as Opt
+from jaxembed._src.tools.training import jax_train, torch_train
 
 DTYPES = ["float32", "float64", "bfloat16", "float16"]
 

@@ -70,7 +70,7 @@ def run(out_path):
     from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
     import jaxembed
-    from jaxembed._src import sharding as S
+    from jaxembed._src.core import sharding as S
 
     assert jax.device_count() == 8, jax.devices()
     table, ids, bad_ids, gout, query = inputs()

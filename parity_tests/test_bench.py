@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxembed._src.bench import cases
+from jaxembed._src.tools.bench import cases
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -113,7 +113,7 @@ def test_checker_accepts_correct_and_rejects_wrong_results():
 
 
 def test_bench_is_a_cli_subcommand(capsys):
-    from jaxembed._src import cli
+    from jaxembed._src.tools import cli
 
     assert "bench" in cli.SUBCOMMANDS
     with pytest.raises(SystemExit) as e:
@@ -135,7 +135,7 @@ def test_id_distributions():
 
 
 def test_report_reevaluates_a_json_without_timing(quick_run, tmp_path, capsys):
-    from jaxembed._src.bench.main import main
+    from jaxembed._src.tools.bench.main import main
 
     _, out = quick_run
     assert main(["--report", str(out / "bench.json"), "--out", str(tmp_path), "--no-plot"]) == 0

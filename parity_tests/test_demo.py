@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 
-from jaxembed._src import cli, demo
+from jaxembed._src.tools import cli, demo
 
 
 def _run(capsys, argv=()):

@@ -15,7 +15,7 @@ from jax.experimental import checkify
 
 import tolerances as tol
 from conftest import from_torch, to_torch, ulp_distance
-from jaxembed._src.parity import abs_diff, grad_tolerance, within
+from jaxembed._src.tools.parity import abs_diff, grad_tolerance, within
 from jaxembed import functional as F
 
 NP_DTYPES = {
@@ -361,7 +361,7 @@ def test_narrow_id_dtypes_with_large_tables(id_dtype):
 def test_padding_spread_backward_is_bit_exact_and_checkify_clean(monkeypatch):
     # The accelerator backward sends padding positions to distinct rows (no atomic contention).
     # Force it on here so CPU CI checks its bits against torch and its ids against checkify.
-    from jaxembed._src import functional as core
+    from jaxembed._src.core import functional as core
 
     monkeypatch.setattr(core, "_spread_padding_on_this_backend", lambda: True)
     w = _table(7, 5, "float32")

@@ -17,7 +17,7 @@ import jaxembed
 import tolerances as tol
 from conftest import TORCH_DEVICE, ulp_distance
 from jaxembed import interop
-from jaxembed._src.parity import grad_tolerance, within
+from jaxembed._src.tools.parity import grad_tolerance, within
 
 OPTIONS = dict(padding_idx=-2, max_norm=1.5, norm_type=3.0, scale_grad_by_freq=True)
 TORCH_DTYPES = [torch.float32, torch.bfloat16, torch.float16]

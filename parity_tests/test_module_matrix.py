@@ -21,7 +21,7 @@ import jaxembed
 import tolerances as tol
 from conftest import from_torch, pairwise, to_torch, ulp_distance
 from jaxembed import functional as F
-from jaxembed._src.parity import NP_DTYPES, grad_tolerance, within
+from jaxembed._src.tools.parity import NP_DTYPES, grad_tolerance, within
 
 V, D = 11, 9
 MIDDLE = 5

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from jaxembed._src import parity
+from jaxembed._src.tools import parity
 from jaxembed._src.tolerances import Tolerance
 
 SMALL_SWEEP = ["forward/float32", "grad/padding_idx=0/bfloat16", "renorm/p=2/max_norm=1/float32",
@@ -57,7 +57,7 @@ def _run(code):
 
 def test_missing_torch_is_reported_clearly():
     r = _run("import sys; sys.modules['torch'] = None\n"
-             "from jaxembed._src.cli import main; sys.exit(main(['parity']))")
+             "from jaxembed._src.tools.cli import main; sys.exit(main(['parity']))")
     assert r.returncode == parity.MISSING_TORCH_EXIT, r.stderr
     assert "torch is not installed" in r.stderr
 

@@ -22,7 +22,7 @@ import jaxembed
 import tolerances as tol
 from conftest import from_torch, to_torch, ulp_distance
 from jaxembed import functional as F
-from jaxembed._src.parity import NP_DTYPES, grad_tolerance, within
+from jaxembed._src.tools.parity import NP_DTYPES, grad_tolerance, within
 
 EXAMPLES = int(os.environ.get("JAXEMBED_HYPOTHESIS_EXAMPLES", "10"))
 SETTINGS = settings(

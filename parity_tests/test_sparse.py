@@ -21,7 +21,7 @@ from jax.experimental import checkify
 import jaxembed
 import jaxembed.functional as F
 from jaxembed import sparse
-from jaxembed._src import sparse_optim
+from jaxembed._src.core import sparse_optim
 from conftest import TORCH_DEVICE
 from tolerances import ON_CPU, SPARSE_ADAPTIVE_EPS, SPARSE_MOMENTUM_EPS
 

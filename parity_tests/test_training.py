@@ -1,6 +1,6 @@
 """Whole training runs: jitted optax vs torch.optim from identical weights, 10+ steps.
 
-The runners are the library's (``jaxembed._src.training``), shared with ``jaxembed parity``;
+The runners are the library's (``jaxembed._src.tools.training``), shared with ``jaxembed parity``;
 this file chooses the matrix (a pairwise cover of optimizer x api x dtype x padding_idx x max_norm
 x scale_grad_by_freq) and asserts the tolerances of ``tolerances.py``.
 """
@@ -16,9 +16,9 @@ import torch
 
 import tolerances as tol
 from conftest import TORCH_DEVICE, from_torch, pairwise, to_torch, ulp_distance
-from jaxembed._src.parity import NP_DTYPES, Tolerance, within
-from jaxembed._src.training import OptimizerSpec as Opt
-from jaxembed._src.training import jax_train, torch_train
+from jaxembed._src.tools.parity import NP_DTYPES, Tolerance, within
+from jaxembed._src.tools.training import OptimizerSpec as Opt
+from jaxembed._src.tools.training import jax_train, torch_train
 
 STEPS = 10
 OPTIMIZERS = [

@@ -19,8 +19,8 @@ from safetensors.numpy import save_file
 from tokenizers import BertWordPieceTokenizer, Tokenizer
 
 import tolerances as tol
-from jaxembed._src import cli, visualize
-from jaxembed._src.wordpiece import WordPiece
+from jaxembed._src.tools import cli, visualize
+from jaxembed._src.tools.wordpiece import WordPiece
 
 TINY_VOCAB = [
     "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "cat", "dog", "##s", "play", "##ing", "king",

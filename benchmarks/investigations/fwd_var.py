@@ -1,6 +1,6 @@
 import sys, numpy as np, jax, jax.numpy as jnp, torch
 from jaxembed import functional as F
-from jaxembed._src.bench.timing import run_interleaved
+from jaxembed._src.tools.bench.timing import run_interleaved
 V,D,n=[int(x) for x in sys.argv[1:4]]
 rng=np.random.default_rng(0)
 Wn=rng.standard_normal((V,D),dtype=np.float32); idn=rng.integers(0,V,n)

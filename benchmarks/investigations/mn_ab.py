@@ -2,7 +2,7 @@
 worst case (every referenced row exceeds max_norm: a fresh table copy per call, copy untimed)."""
 import os, sys, time, statistics, importlib.util, numpy as np, jax, jax.numpy as jnp
 from jaxembed import functional as NEW
-from jaxembed._src.bench.timing import run_interleaved
+from jaxembed._src.tools.bench.timing import run_interleaved
 spec = importlib.util.spec_from_file_location("fb", os.environ["BEFORE"])
 OLD = importlib.util.module_from_spec(spec); sys.modules["fb"] = OLD; spec.loader.exec_module(OLD)
 V, D, n = [int(x) for x in sys.argv[1:4]]; dt = sys.argv[4]

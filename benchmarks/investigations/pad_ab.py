@@ -1,8 +1,8 @@
 """A/B: padding_idx backward before/after _drop_padding, interleaved in one process."""
 import os, sys, importlib.util, numpy as np, jax, jax.numpy as jnp
 from jaxembed import functional as NEW
-from jaxembed._src.bench.timing import run_interleaved
-from jaxembed._src.bench import cases
+from jaxembed._src.tools.bench.timing import run_interleaved
+from jaxembed._src.tools.bench import cases
 spec = importlib.util.spec_from_file_location("functional_before", os.environ["BEFORE"])
 OLD = importlib.util.module_from_spec(spec); sys.modules["functional_before"] = OLD; spec.loader.exec_module(OLD)
 V, D, n = [int(x) for x in sys.argv[1:4]]; dt = sys.argv[4]; dist = sys.argv[5]

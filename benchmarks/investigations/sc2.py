@@ -1,5 +1,5 @@
 import sys, numpy as np, jax, jax.numpy as jnp
-from jaxembed._src.bench.timing import run_interleaved
+from jaxembed._src.tools.bench.timing import run_interleaved
 V,D,n=[int(x) for x in sys.argv[1:4]]; dt=jnp.bfloat16 if sys.argv[4]=="bf16" else jnp.float32
 rng=np.random.default_rng(0)
 W=jnp.asarray(rng.standard_normal((V,D),dtype=np.float32)).astype(dt)

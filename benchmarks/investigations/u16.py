@@ -1,6 +1,6 @@
 import sys, numpy as np, jax, jax.numpy as jnp
 from jax import lax
-from jaxembed._src.bench.timing import run_interleaved
+from jaxembed._src.tools.bench.timing import run_interleaved
 n=int(sys.argv[1]); D=int(sys.argv[2])
 def u16set(W,i,r):
     o=lax.bitcast_convert_type(W,jnp.uint16).at[i].set(lax.bitcast_convert_type(r,jnp.uint16),mode="drop",wrap_negative_indices=False)

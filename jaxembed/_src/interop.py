@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from jaxembed._src import linen_embed
-from jaxembed._src.nnx_embed import Embed, FrozenParam
+from jaxembed._src.linen import embed as linen_embed
+from jaxembed._src.nnx.embed import Embed, FrozenParam
 
 # The options torch's nn.Embedding and jaxembed's modules share (torch's names).
 OPTION_NAMES = ("padding_idx", "max_norm", "norm_type", "scale_grad_by_freq", "freeze")

@@ -2,7 +2,7 @@
 
 torch reference: ``torch.nn.functional.embedding_bag`` and ``aten/src/ATen/native/EmbeddingBag.cpp``
 (2.13, CPU). The lookup and its rules (``padding_idx`` in the gradient, ``scale_grad_by_freq``,
-``max_norm``) come from :func:`jaxembed._src.functional.embed_and_renorm`; this module only cuts
+``max_norm``) come from :func:`jaxembed._src.core.functional.embed_and_renorm`; this module only cuts
 the looked-up rows into bags and reduces each bag.
 
 Bags. A 2-D ``input`` of shape ``(B, L)`` is B bags of L ids. A 1-D ``input`` of N ids is cut by
@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxembed._src import functional as F
-from jaxembed._src import validation
+from jaxembed._src.core import functional as F
+from jaxembed._src.core import validation
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxembed._src import initializers, validation
-from jaxembed._src.embedding_bag import embedding_bag_and_renorm
-from jaxembed._src.linen_embed import FROZEN_COLLECTION
+from jaxembed._src.core import initializers, validation
+from jaxembed._src.core.embedding_bag import embedding_bag_and_renorm
+from jaxembed._src.linen.embed import FROZEN_COLLECTION
 
 
 class EmbeddingBag(nn.Module):

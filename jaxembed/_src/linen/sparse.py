@@ -2,7 +2,7 @@
 
 The table lives in ``"sparse_params"`` (not ``"params"``, so ``jax.grad`` over the params and
 optax never see it). A lookup takes its probe (zeros shaped like its rows, see
-``jaxembed._src.sparse.attach_probe``) from ``"row_probes"`` and, when ``"row_ids"`` is mutable,
+``jaxembed._src.core.sparse.attach_probe``) from ``"row_probes"`` and, when ``"row_ids"`` is mutable,
 records its ids there. Every collection names the variable ``"embedding"``, so the probes, the
 ids and the row gradients are trees shaped like ``variables["sparse_params"]``.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxembed._src import sparse as S
+from jaxembed._src.core import sparse as S
 
 SPARSE_COLLECTION = "sparse_params"
 PROBE_COLLECTION = "row_probes"

@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxembed._src import functional as F
-from jaxembed._src import initializers, sharding, sparse_nnx, validation
+from jaxembed._src.core import functional as F
+from jaxembed._src.core import initializers, sharding, validation
+from jaxembed._src.nnx import sparse as sparse_nnx
 
 
 class FrozenParam(nnx.Variable):
@@ -51,7 +52,7 @@ class Embed(nnx.Module):
       rngs: ``nnx.Rngs`` for the init.
       embedding_metadata: metadata for the table's variable, as flax's ``nnx.Embed``; e.g.
         ``{"out_sharding": ("model", None)}`` shards the rows over the mesh axis ``"model"``
-        (vocab-parallel: see ``jaxembed._src.sharding``).
+        (vocab-parallel: see ``jaxembed._src.core.sharding``).
 
     Deliberate differences from torch: ``from_pretrained`` copies the array (torch shares the
     caller's storage, so its renorm and optimizer steps mutate the caller's tensor); out-of-range

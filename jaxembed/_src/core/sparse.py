@@ -26,8 +26,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxembed._src import functional as F
-from jaxembed._src import validation
+from jaxembed._src.core import functional as F
+from jaxembed._src.core import validation
 
 
 class SparseRows(NamedTuple):

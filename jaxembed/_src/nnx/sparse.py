@@ -4,7 +4,7 @@ optimizer wrapper.
 A sparse table is a :class:`SparseParam`, not an ``nnx.Param``: ``nnx.grad`` and
 ``nnx.Optimizer(..., wrt=nnx.Param)`` never see it, so no V x D gradient or optax state exists.
 Each lookup routes its row gradient to a :class:`RowProbe` (zeros shaped like the rows, see
-``jaxembed._src.sparse.attach_probe``) and records its ids in :class:`RowIds`.
+``jaxembed._src.core.sparse.attach_probe``) and records its ids in :class:`RowIds`.
 :func:`value_and_grad` sizes the probes, differentiates w.r.t. ``nnx.Param`` and the probes,
 and returns the probes' gradients as ``SparseRows``; :class:`Optimizer` applies them.
 """
@@ -18,8 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.training.optimizer import to_opt_state
 
-from jaxembed._src import sparse as S
-from jaxembed._src import sparse_optim
+from jaxembed._src.core import sparse as S
+from jaxembed._src.core import sparse_optim
 
 
 class SparseParam(nnx.Variable):

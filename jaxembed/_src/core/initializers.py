@@ -7,7 +7,7 @@ import inspect
 import jax
 import jax.numpy as jnp
 
-from jaxembed._src import validation
+from jaxembed._src.core import validation
 
 # torch's nn.Embedding.reset_parameters: init.normal_(weight), i.e. N(0, 1). flax's Embed uses
 # variance_scaling(1, "fan_in", "normal", out_axis=0), i.e. std 1/sqrt(features).

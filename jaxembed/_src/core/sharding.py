@@ -39,8 +39,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from jaxembed._src import functional as F
-from jaxembed._src import validation
+from jaxembed._src.core import functional as F
+from jaxembed._src.core import validation
 
 # ---------------------------------------------------------------------------------------------
 # Specs and meshes

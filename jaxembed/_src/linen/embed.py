@@ -11,8 +11,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxembed._src import functional as F
-from jaxembed._src import initializers, sharding, sparse_linen, validation
+from jaxembed._src.core import functional as F
+from jaxembed._src.core import initializers, sharding, validation
+from jaxembed._src.linen import sparse as sparse_linen
 
 #: The collection that holds a frozen (non-trainable) table.
 FROZEN_COLLECTION = "frozen"
@@ -34,7 +35,7 @@ class Embed(nn.Module):
 
     Sharding: wrap ``embedding_init`` with ``nn.with_partitioning(init, ("model", None))`` (or
     ``nn.with_logical_partitioning``), as for any linen parameter; a table whose rows are split
-    is looked up vocab-parallel (see ``jaxembed._src.sharding``).
+    is looked up vocab-parallel (see ``jaxembed._src.core.sharding``).
 
     ``sparse=True`` (torch's row-sparse gradient): the table lives in ``"sparse_params"`` and is
     trained by a ``jaxembed.sparse`` optimizer from the rows' gradients (probes in

@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxembed._src import initializers, validation
-from jaxembed._src.embedding_bag import embedding_bag_and_renorm
-from jaxembed._src.nnx_embed import FrozenParam
+from jaxembed._src.core import initializers, validation
+from jaxembed._src.core.embedding_bag import embedding_bag_and_renorm
+from jaxembed._src.nnx.embed import FrozenParam
 
 
 class EmbeddingBag(nnx.Module):

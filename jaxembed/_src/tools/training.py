@@ -17,9 +17,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxembed._src import functional as F
-from jaxembed._src import interop, linen_embed
-from jaxembed._src.nnx_embed import Embed
+from jaxembed._src.core import functional as F
+from jaxembed._src import interop
+from jaxembed._src.linen import embed as linen_embed
+from jaxembed._src.nnx.embed import Embed
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:

@@ -38,7 +38,7 @@ def _names(allowed):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jaxembed._src.bench import cases
+    from jaxembed._src.tools.bench import cases
 
     p = argparse.ArgumentParser(
         prog="jaxembed bench",
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _report_only(args) -> int:
-    from jaxembed._src.bench import report
+    from jaxembed._src.tools.bench import report
 
     with open(args.report) as fh:
         result = json.load(fh)
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
 
     import jax
 
-    from jaxembed._src.bench import cases, report, timing
+    from jaxembed._src.tools.bench import cases, report, timing
 
     torch, tdev = (None, "--no-torch: torch.nn.Embedding skipped") if args.no_torch else \
         cases.torch_device()
@@ -212,7 +212,7 @@ def main(argv=None) -> int:
 
 
 def _write_json(args, info, notes, records, elapsed, partial) -> dict:
-    from jaxembed._src.bench import report
+    from jaxembed._src.tools.bench import report
 
     result = dict(settings=info, args=dict(vars(args)), bytes_models=report.BYTES_MODELS_TEXT,
                   notes=notes, elapsed_s=elapsed, partial=partial, records=records,
@@ -227,7 +227,7 @@ def _write_json(args, info, notes, records, elapsed, partial) -> dict:
 
 def _benches(op, pb, jax_ops, opt_ops, torch_ops, zeros, ctx):
     """The contenders of one group, within the memory budget. Returns (benches, extra-info)."""
-    from jaxembed._src.bench import cases
+    from jaxembed._src.tools.bench import cases
 
     vd, room = ctx["vd"], ctx["budget"] - ctx["base"]
     benches, extra = {}, {}
@@ -276,7 +276,7 @@ def _benches(op, pb, jax_ops, opt_ops, torch_ops, zeros, ctx):
 
 
 def _run_group(op, shape, dist, benches, extra, args) -> list[dict]:
-    from jaxembed._src.bench import cases, timing
+    from jaxembed._src.tools.bench import cases, timing
 
     checks, timed = {}, {}
     for name, b in benches.items():

@@ -1,5 +1,5 @@
 """Sparse optimizers with torch's semantics: ``SGD``, ``SparseAdam`` and ``Adagrad`` on
-:class:`~jaxembed._src.sparse.SparseRows` gradients.
+:class:`~jaxembed._src.core.sparse.SparseRows` gradients.
 
 optax-style: ``init(tables) -> state`` and ``update(row_grads, state, tables) -> (new_tables,
 new_state)`` on pytrees (one table per leaf, one ``SparseRows`` per table), pure and ``jit``-able.
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxembed._src.sparse import SparseRows
+from jaxembed._src.core.sparse import SparseRows
 
 
 class SparseGradientTransformation(NamedTuple):

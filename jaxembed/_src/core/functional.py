@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxembed._src import validation
+from jaxembed._src.core import validation
 
 # torch adds this to the norm before dividing (Embedding.cpp, embedding_renorm_cpu_).
 RENORM_EPS = 1e-7
