@@ -36,23 +36,33 @@ RENORM_EPS = 1e-7
 
 
 # ---------------------------------------------------------------------------------------------
-# Gather and scatter with torch's index rules: negative ids are out of range (no wrap-around).
+# The data path of a lookup, top to bottom: validate -> renorm (max_norm) -> gather -> custom
+# gradient (padding_idx, scale_grad_by_freq); the public functions at the end compose them.
+# Row-sharded tables take the same path with ``jaxembed._src.core.sharding``'s gather plugged
+# into the gradient rule (``_GradRule.layout``); unsharded tables never go through it.
 # ---------------------------------------------------------------------------------------------
 
 
-def _gather(table: jax.Array, ids: jax.Array) -> jax.Array:
-    # mode="fill": an out-of-range or negative id gives a NaN row (minimum int for integer
-    # tables) instead of another row, and checkify's index_checks report the gather.
-    return table.at[ids].get(mode="fill", fill_value=None, wrap_negative_indices=False)
+# 1. Validate: torch's argument checks (``validation``), before any cast of the ids.
 
 
-def _scatter_set(table: jax.Array, ids: jax.Array, rows: jax.Array) -> jax.Array:
-    # Duplicate ids write identical rows, so the result is deterministic on every backend.
-    return table.at[ids].set(rows, mode="drop", wrap_negative_indices=False)
+def _prepare(input, weight, padding_idx, sparse=False):
+    validation.check_weight(weight)
+    weight = jnp.asarray(weight)
+    if sparse:
+        # The table gets no dense gradient: a sparse optimizer applies the row gradients
+        # (see jaxembed.sparse).
+        weight = jax.lax.stop_gradient(weight)
+    ids = validation.check_indices(input)
+    num_embeddings = weight.shape[0]
+    padding_idx = validation.normalize_padding_idx(padding_idx, num_embeddings)
+    validation.check_in_range(ids, num_embeddings)
+    return ids, weight, padding_idx
+
 
 
 # ---------------------------------------------------------------------------------------------
-# max_norm: torch.embedding_renorm_
+# 2. max_norm: torch.embedding_renorm_ (the renorm happens before the lookup returns rows)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -144,7 +154,23 @@ def embedding_renorm(weight, input, max_norm: float, norm_type: float = 2.0) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# The lookup and its gradient
+# 3. Gather and scatter with torch's index rules: negative ids are out of range (no wrap-around).
+# ---------------------------------------------------------------------------------------------
+
+
+def _gather(table: jax.Array, ids: jax.Array) -> jax.Array:
+    # mode="fill": an out-of-range or negative id gives a NaN row (minimum int for integer
+    # tables) instead of another row, and checkify's index_checks report the gather.
+    return table.at[ids].get(mode="fill", fill_value=None, wrap_negative_indices=False)
+
+
+def _scatter_set(table: jax.Array, ids: jax.Array, rows: jax.Array) -> jax.Array:
+    # Duplicate ids write identical rows, so the result is deterministic on every backend.
+    return table.at[ids].set(rows, mode="drop", wrap_negative_indices=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The lookup and its custom gradient; the public functions
 # ---------------------------------------------------------------------------------------------
 
 
@@ -234,20 +260,6 @@ def _lookup_jvp(rule: _GradRule, primals, tangents):
     if rule.padding_idx is not None:
         out_dot = jnp.where((ids == rule.padding_idx)[..., None], 0, out_dot)
     return _lookup(rule, table, ids), out_dot
-
-
-def _prepare(input, weight, padding_idx, sparse=False):
-    validation.check_weight(weight)
-    weight = jnp.asarray(weight)
-    if sparse:
-        # The table gets no dense gradient: a sparse optimizer applies the row gradients
-        # (see jaxembed.sparse).
-        weight = jax.lax.stop_gradient(weight)
-    ids = validation.check_indices(input)
-    num_embeddings = weight.shape[0]
-    padding_idx = validation.normalize_padding_idx(padding_idx, num_embeddings)
-    validation.check_in_range(ids, num_embeddings)
-    return ids, weight, padding_idx
 
 
 def _lookup_rows(ids, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, layout=None):

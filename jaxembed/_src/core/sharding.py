@@ -426,14 +426,16 @@ def _vocab_axes_of(table, spec) -> tuple[str, ...]:
     return axes
 
 
-def module_embed_and_renorm(inputs, table, spec, out_sharding, **rules):
-    """What the modules call. The vocab-parallel path when the table's rows are split, an
-    ``out_sharding`` is asked for, or the context mesh is Explicit (where a plain gather raises
-    ``ShardingTypeError``); :func:`jaxembed.functional.embed_and_renorm` otherwise."""
+def vocab_parallel_axes(table, spec, out_sharding):
+    """The modules' dispatch: the vocab axes to look ``table`` up over, or None for the plain
+    path (:func:`jaxembed.functional.embed_and_renorm`).
+
+    Vocab-parallel when the table's rows are split, an ``out_sharding`` is asked for, or the
+    context mesh is Explicit (where a plain gather raises ``ShardingTypeError``); ``()`` then
+    means a replicated table.
+    """
     vocab_axes = _vocab_axes_of(table, spec)
     mesh = _context_mesh()
     if vocab_axes or out_sharding is not None or (mesh is not None and _explicit(mesh)):
-        return vocab_parallel_embed_and_renorm(
-            inputs, table, vocab_axis=vocab_axes, out_sharding=out_sharding, **rules
-        )
-    return F.embed_and_renorm(inputs, table, **rules)
+        return vocab_axes
+    return None

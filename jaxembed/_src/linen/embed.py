@@ -144,16 +144,20 @@ class Embed(nn.Module):
         if self.sparse and not self.freeze:
             validation.check_sparse_unsharded(out_sharding)
             return sparse_linen.lookup(self, inputs)
-        rows, table = sharding.module_embed_and_renorm(
-            inputs,
-            self.table.value,
-            self._table_spec(),
-            out_sharding,
+        table = self.table.value
+        rules = dict(
             padding_idx=self._padding_idx,
             max_norm=self.max_norm,
             norm_type=self.norm_type,
             scale_grad_by_freq=self.scale_grad_by_freq,
         )
+        vocab_axes = sharding.vocab_parallel_axes(table, self._table_spec(), out_sharding)
+        if vocab_axes is None:
+            rows, table = F.embed_and_renorm(inputs, table, **rules)
+        else:  # a row-sharded table, or a layout asked for: one all-reduce
+            rows, table = sharding.vocab_parallel_embed_and_renorm(
+                inputs, table, vocab_axis=vocab_axes, out_sharding=out_sharding, **rules
+            )
         if (
             self.max_norm is not None
             and not self.is_initializing()

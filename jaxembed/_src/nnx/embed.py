@@ -137,16 +137,21 @@ class Embed(nnx.Module):
         if self.sparse and not self.freeze:
             validation.check_sparse_unsharded(out_sharding)
             return sparse_nnx.lookup(self, inputs)
-        rows, table = sharding.module_embed_and_renorm(
-            inputs,
-            self.embedding.get_value(),
-            nnx.spmd.get_var_pspec(self.embedding),
-            out_sharding,
+        table = self.embedding.get_value()
+        rules = dict(
             padding_idx=self.padding_idx,
             max_norm=self.max_norm,
             norm_type=self.norm_type,
             scale_grad_by_freq=self.scale_grad_by_freq,
         )
+        spec = nnx.spmd.get_var_pspec(self.embedding)
+        vocab_axes = sharding.vocab_parallel_axes(table, spec, out_sharding)
+        if vocab_axes is None:
+            rows, table = F.embed_and_renorm(inputs, table, **rules)
+        else:  # a row-sharded table, or a layout asked for: one all-reduce
+            rows, table = sharding.vocab_parallel_embed_and_renorm(
+                inputs, table, vocab_axis=vocab_axes, out_sharding=out_sharding, **rules
+            )
         if self.max_norm is not None:
             self.embedding.set_value(table)  # torch's in-place renorm
         return rows if self.dtype is None else rows.astype(self.dtype)
