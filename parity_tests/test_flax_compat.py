@@ -326,7 +326,6 @@ def test_nnx_with_partitioning_init_keeps_metadata_and_padding_row():
         want = np.asarray(theirs.embedding.get_value()).copy()
         want[1] = 0
         assert _bits_equal(ours.embedding.get_value(), want)
-        assert _bits_equal(ours(jnp.array([3, 1])), want[[3, 1]])
 
 
 _SPMD_SCRIPT = textwrap.dedent("""
