@@ -12,7 +12,7 @@ Public API:
 """
 
 from jaxembed import functional, linen, sharding, sparse
-from jaxembed._src.core.initializers import Pretrained, default_embed_init
+from jaxembed._src.core.initializers import Pretrained, default_embed_init, flax_embed_init
 from jaxembed._src.nnx.embed import Embed, FrozenParam
 from jaxembed._src.nnx.embedding_bag import EmbeddingBag
 
@@ -24,6 +24,7 @@ __all__ = [
     "FrozenParam",
     "Pretrained",
     "default_embed_init",
+    "flax_embed_init",
     "functional",
     "linen",
     "sharding",
