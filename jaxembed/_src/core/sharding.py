@@ -114,6 +114,17 @@ def constrain(x, spec, mesh=None):
     return jax.lax.with_sharding_constraint(x, target)
 
 
+def like(x, other):
+    """``x`` laid out as ``other`` under an Explicit mesh (a probe must have its rows' type);
+    unchanged elsewhere."""
+    want = getattr(jax.typeof(other), "sharding", None)
+    if want is None or want.mesh.empty or not _explicit(want.mesh):
+        return x
+    if jax.typeof(x).sharding.spec == want.spec:
+        return x
+    return jax.sharding.reshard(x, want.spec)
+
+
 def partitioned_spec(box):
     """The mesh PartitionSpec of a linen ``nn.with_partitioning`` (or logical) box, else None."""
     if isinstance(box, nn.LogicallyPartitioned):  # logical names -> mesh axes
@@ -226,6 +237,13 @@ class VocabParallel:
         owned = ok & (local >= 0) & (local < rows)
         return ok, owned, jnp.where(owned, local, 0)
 
+    def _gather_batch(self, x):
+        """``x`` (split like the ids) gathered whole on every device, in the global order."""
+        for dim, entry in enumerate(self.ids_spec):
+            if _axes(entry):
+                x = jax.lax.all_gather(x, _axes(entry), axis=dim, tiled=True, to="invarying")
+        return x
+
     def _psum_vocab(self, x):
         return jax.lax.psum(x, self.vocab_axes) if self.vocab_axes else x
 
@@ -279,9 +297,7 @@ class VocabParallel:
         ids_spec = self.ids_spec
 
         def local_renorm(t, i):
-            for dim, entry in enumerate(ids_spec):
-                if _axes(entry):
-                    i = jax.lax.all_gather(i, _axes(entry), axis=dim, tiled=True, to="invarying")
+            i = self._gather_batch(i)
             _, owned, local = self._local(i, t.shape[0])
             rows = t.at[local].get(mode="promise_in_bounds")
             scale = jnp.where(owned, F.renorm_scale(rows, max_norm, norm_type), 1)
@@ -295,6 +311,28 @@ class VocabParallel:
 
         out_specs = (P(_entry(self.vocab_axes)), self.table_spec)
         return self._smap(local_renorm, (self.table_spec, ids_spec), out_specs)(table, ids)
+
+    def sparse_update(self, update_one, grad, state, table):
+        """A sparse optimizer's one-table step on this device's rows (see
+        :func:`vocab_parallel_sparse_update`); ``grad`` is split like ``self.ids_spec``."""
+        def local_update(ids, values, state, t):
+            # Every replica of a row must apply the same entries in the same (input) order:
+            # gather the entries of all batch shards, then keep those of this device's rows.
+            ids, values = self._gather_batch(ids), self._gather_batch(values)
+            rows = t.shape[0]
+            _, owned, local = self._local(ids, rows)
+            local = jnp.where(owned, local, rows)  # row ``rows``: removed, as num_embeddings
+            # Zero rows at removed slots, as SparseRows has them (this also types the values
+            # as varying over the vocab axes, like the ids: the optimizers' scatters bind lax
+            # primitives directly, which want operands of one variance).
+            values = jnp.where(owned[:, None], values, jnp.zeros((), values.dtype))
+            return update_one(grad._replace(ids=local, values=values), state, t)
+
+        state_spec = jax.tree.map(lambda x: self.table_spec if jnp.ndim(x) == 2 else P(), state)
+        values_spec = P(*self.ids_spec, None)
+        in_specs = (self.ids_spec, values_spec, state_spec, self.table_spec)
+        f = self._smap(local_update, in_specs, (self.table_spec, state_spec))
+        return f(grad.ids, grad.values, state, table)
 
     def renormed_rows(self, rows, row_scale, ids):
         """The looked-up ``rows`` times their rows' renorm factors (straight-through gradient,
@@ -344,6 +382,7 @@ def vocab_parallel_embed_and_renorm(
     max_norm: float | None = None,
     norm_type: float = 2.0,
     scale_grad_by_freq: bool = False,
+    sparse: bool = False,
     *,
     vocab_axis,
     out_sharding=None,
@@ -358,6 +397,10 @@ def vocab_parallel_embed_and_renorm(
         the ids' own sharding under an Explicit mesh, replicated under an Auto mesh.
       mesh: defaults to the context mesh (``jax.set_mesh``), else the table's own mesh.
 
+      sparse: as in ``functional.embedding``: the same rows, no gradient to the table; the
+        row gradients go to a sparse optimizer (``jaxembed.sparse``), which updates each
+        device's own rows (:func:`vocab_parallel_sparse_update`).
+
     Returns ``(rows, new_weight)``: rows laid out as ``out_sharding``; ``new_weight`` the table
     with torch's max_norm renorm written into the referenced rows, still row-sharded.
 
@@ -368,7 +411,9 @@ def vocab_parallel_embed_and_renorm(
     of the ``N`` ids over the batch axes and an all-reduce of ``N`` scale factors over the
     vocab axes.
     """
-    ids, weight, padding_idx = F._prepare(input, weight, padding_idx)
+    if sparse:
+        validation.check_sparse(scale_grad_by_freq)
+    ids, weight, padding_idx = F._prepare(input, weight, padding_idx, sparse)
     layout, ids, weight = _place(ids, weight, vocab_axis, out_sharding, mesh)
     rows = F._lookup_rows(ids, weight, padding_idx, None, norm_type, scale_grad_by_freq, layout)
     if max_norm is None:
@@ -387,6 +432,7 @@ def vocab_parallel_embedding(
     max_norm: float | None = None,
     norm_type: float = 2.0,
     scale_grad_by_freq: bool = False,
+    sparse: bool = False,
     *,
     vocab_axis,
     out_sharding=None,
@@ -395,7 +441,7 @@ def vocab_parallel_embedding(
     """:func:`jaxembed.functional.embedding` on a row-sharded table (see
     :func:`vocab_parallel_embed_and_renorm` for the arguments and the collectives)."""
     rows, _ = vocab_parallel_embed_and_renorm(
-        input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq,
+        input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse,
         vocab_axis=vocab_axis, out_sharding=out_sharding, mesh=mesh,
     )  # under jit the unused renormed table is dead code
     return rows
@@ -410,6 +456,43 @@ def vocab_parallel_embedding_renorm(
     validation.check_in_range(ids, jnp.shape(weight)[0])
     layout, ids, weight = _place(ids, jnp.asarray(weight), vocab_axis, None, mesh)
     return layout.renorm(weight, ids, max_norm, norm_type)[1]
+
+
+def vocab_parallel_sparse_update(update_one, grad, state, table, *, vocab_axis, mesh=None):
+    """A sparse optimizer's step on a row-sharded table: each device updates its own rows.
+
+    ``update_one(grad, state, table)`` is the one-table step of a ``jaxembed.sparse`` optimizer
+    (``SparseRows`` gradient, state and table of one device); ``table`` and every table-shaped
+    (2-D) leaf of ``state`` are split over ``vocab_axis`` like the table, scalar leaves
+    replicated. The sparse optimizers call this for a table whose rows are split (see
+    ``jaxembed.sparse``); it is not needed directly.
+
+    Each device gathers the gradient's entries over the axes they are split over (the batch
+    axes: ``n`` ids and ``n x D`` values, O(n·D) bytes, never O(V·D)), keeps those of the ids it
+    owns, in input order, and runs ``update_one`` on its ``V/k`` rows and their state. So every
+    row sees exactly the entries, in the order, that it sees on one device: the step is the
+    unsharded step, row for row. No device holds a ``V x D`` gradient or state.
+    """
+    layout = vocab_parallel_layout(grad.ids, table, vocab_axis, None, mesh)
+    ids = constrain(grad.ids, layout.ids_spec, layout.mesh)
+    values = constrain(grad.values, P(*layout.ids_spec, None), layout.mesh)
+    table = constrain(table, layout.table_spec, layout.mesh)
+    return layout.sparse_update(update_one, grad._replace(ids=ids, values=values), state, table)
+
+
+def count_out_of_range(input, num_embeddings: int) -> jax.Array:
+    """The number of ids in ``input`` outside ``[0, num_embeddings)`` (int32; jit-able).
+
+    The error channel of row-sharded tables under ``jit``: there an out-of-range id gives a NaN
+    row and a dropped gradient, as on one device, but ``checkify`` cannot report it. In jax
+    0.10.2 ``checkify.checkify`` raises a ``ValueError`` ("context mesh ... should match the
+    aval mesh") on any ``shard_map`` whose body has a checked operation or that follows one, so
+    no checkify error set can transform a vocab-parallel step. Return this count from the step
+    and raise on the host (see the README, "Out-of-range ids"). Ids split over a mesh axis cost
+    one all-reduce of a scalar.
+    """
+    ids = validation.check_indices(input)
+    return jnp.sum(~_in_range(ids, num_embeddings), dtype=jnp.int32)
 
 
 def _vocab_axes_of(table, spec) -> tuple[str, ...]:

@@ -142,8 +142,7 @@ class Embed(nn.Module):
         context mesh; a row-sharded table is looked up vocab-parallel (one all-reduce).
         """
         if self.sparse and not self.freeze:
-            validation.check_sparse_unsharded(out_sharding)
-            return sparse_linen.lookup(self, inputs)
+            return sparse_linen.lookup(self, inputs, out_sharding)
         table = self.table.value
         rules = dict(
             padding_idx=self._padding_idx,

@@ -92,8 +92,7 @@ class Embed(nnx.Module):
             rngs.params(), num_embeddings, features, param_dtype, embedding_init, self.padding_idx
         )
         if sparse and not freeze:
-            validation.check_sparse_unsharded(embedding_metadata.get("out_sharding"))
-            sparse_nnx.init_sparse_table(self, table)
+            sparse_nnx.init_sparse_table(self, table, embedding_metadata)
         else:
             variable = FrozenParam if freeze else nnx.Param
             self.embedding = variable(table, **embedding_metadata)
@@ -135,8 +134,7 @@ class Embed(nnx.Module):
         context mesh; a row-sharded table is looked up vocab-parallel (one all-reduce).
         """
         if self.sparse and not self.freeze:
-            validation.check_sparse_unsharded(out_sharding)
-            return sparse_nnx.lookup(self, inputs)
+            return sparse_nnx.lookup(self, inputs, out_sharding)
         table = self.embedding.get_value()
         rules = dict(
             padding_idx=self.padding_idx,
