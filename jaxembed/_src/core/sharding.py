@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from jaxembed._src.core import embedding_bag as EB
 from jaxembed._src.core import functional as F
 from jaxembed._src.core import validation
 
@@ -493,6 +494,172 @@ def count_out_of_range(input, num_embeddings: int) -> jax.Array:
     """
     ids = validation.check_indices(input)
     return jnp.sum(~_in_range(ids, num_embeddings), dtype=jnp.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# EmbeddingBag on a row-sharded table: per-device partial bags, one reduction over the vocab axes
+# ---------------------------------------------------------------------------------------------
+
+
+@jax.custom_jvp
+def _count_scaled_grad(rows, count):
+    """``rows``, whose tangent is divided by ``count`` (scale_grad_by_freq), as
+    ``functional._lookup``'s gradient rule does."""
+    return rows
+
+
+@_count_scaled_grad.defjvp
+def _count_scaled_grad_jvp(primals, tangents):
+    rows, count = primals
+    return rows, F.divide_by_count(tangents[0], count, rows.dtype)
+
+
+def _ordered_key(x):
+    """Integers ordered like the floats ``x`` (+0.0 and -0.0 equal), for a max-reduce whose
+    ties go to the first position: the reduction itself never decides between equal values."""
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    x = jnp.where(x == 0, jnp.zeros((), x.dtype), x)
+    itype = jnp.dtype(f"int{8 * x.dtype.itemsize}")
+    bits = jax.lax.bitcast_convert_type(x, itype)
+    return jnp.where(bits >= 0, bits, bits ^ jnp.iinfo(itype).max)
+
+
+def _local_bag_rows(layout, t, i, row_scale, count):
+    """This device's rows of the positions ``i`` (zero rows where another device owns the id),
+    renormed by ``row_scale`` (max_norm) and with the scale_grad_by_freq gradient rule."""
+    _, owned, local = layout._local(i, t.shape[0])
+    rows = t.at[local].get(mode="promise_in_bounds")
+    if row_scale is not None:
+        scale = jnp.where(owned, row_scale.at[local].get(mode="promise_in_bounds"), 1)
+        rows = F._straight_through_scale(rows, jax.lax.stop_gradient(scale))
+    if count is not None:
+        rows = _count_scaled_grad(rows, count)
+    return owned, jnp.where(owned[..., None], rows, jnp.zeros((), rows.dtype))
+
+
+def _bag_max_partial(layout, rows, owned, keep, bags):
+    """torch's per-column max (ties to the first position, a NaN in first place wins) over the
+    positions of every device: a max-reduce of ordered keys, a min-reduce of the first position
+    holding the maximum, and an all-reduce of that row's bits (its one owner sends it)."""
+    n, d = rows.shape
+    pos = jnp.arange(n, dtype=jnp.int32)
+    first = bags.min(jnp.where(keep, pos, n))  # every device agrees: the ids are everywhere
+    comparable = (owned & keep)[:, None] & ~jnp.isnan(rows)
+    key = _ordered_key(rows)
+    lowest, highest = jnp.iinfo(key.dtype).min, jnp.iinfo(key.dtype).max
+    key = jnp.where(comparable, key, lowest)
+    seed_at = jnp.minimum(first, n - 1)
+    seed_nan = ((first < n) & owned[seed_at])[:, None] & jnp.isnan(rows[seed_at])
+    top = jax.lax.pmax(jnp.where(seed_nan, highest, bags.max(key)), layout.vocab_axes)
+    top_at = jnp.append(top, jnp.full((1, d), lowest, top.dtype), axis=0)[bags.seg]
+    hit = comparable & (key == top_at) & (top_at != lowest)
+    arg = jnp.where(seed_nan, first[:, None], bags.min(jnp.where(hit, pos[:, None], n)))
+    arg = jax.lax.pmin(arg, layout.vocab_axes)  # (B, D): the position of each maximum
+    at = jnp.minimum(arg, n - 1)
+    mine = (arg < n) & owned[at]
+    picked = jnp.take_along_axis(rows, at, axis=0, mode="promise_in_bounds")
+    value = jnp.where(mine, picked, jnp.zeros((), rows.dtype))
+    exact = _from_bits(layout._psum_vocab(_as_bits(value)), rows.dtype, d)
+    # The bits copy is not differentiable: its gradient is that of the float all-reduce.
+    return F.with_tangent_of(exact, layout._psum_vocab(value))
+
+
+def vocab_parallel_embedding_bag_and_renorm(
+    input,
+    weight,
+    offsets=None,
+    max_norm: float | None = None,
+    norm_type: float = 2.0,
+    scale_grad_by_freq: bool = False,
+    mode: str = "mean",
+    per_sample_weights=None,
+    include_last_offset: bool = False,
+    padding_idx: int | None = None,
+    *,
+    vocab_axis,
+    out_sharding=None,
+    mesh=None,
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`jaxembed.functional.embedding_bag` (and the renormed table, as
+    ``embedding_bag_and_renorm``) on a table whose rows are split over ``vocab_axis``.
+
+    Each device reduces the positions whose ids it owns into per-bag partial results; one
+    reduction over the vocab axes assembles them: an all-reduce of the ``B x D`` partial sums
+    (sum, mean: the mean divides the assembled sum), or for max a max-reduce of ``B x D`` keys,
+    a min-reduce of ``B x D`` positions (torch's tie to the first position) and a ``B x D``
+    all-reduce of the winning rows' bits. Every rule is the unsharded bag's (same checks,
+    per_sample_weights, padding_idx, max_norm, include_last_offset, scale_grad_by_freq with
+    global counts, NaN bags for out-of-range ids and invalid offsets under jit); the gradient
+    stays row-sharded.
+
+    ``(B, L)`` input is split over the batch axes like ``out_sharding``'s first entry (or the
+    ids' own sharding under an Explicit mesh); 1-D input with ``offsets`` is replicated (a bag
+    may span any positions).
+
+    Exactness: max is bit-exact; sums add each device's partial sum (in input order) across
+    devices, another order than one device's: within a few eps of the sum of magnitudes
+    (README, "Sharded (vocab-parallel) tables").
+    """
+    ids, weight, offsets, psw, padding_idx, bags = EB.prepare(
+        input, weight, offsets, scale_grad_by_freq, mode, per_sample_weights,
+        include_last_offset, padding_idx,
+    )
+    fixed = offsets is None
+    batch = None if out_sharding is None or not fixed else P(*tuple(out_sharding)[:1], None)
+    layout, ids, weight = _place(ids, weight, vocab_axis, batch, mesh)
+    if not fixed:  # 1-D ids: every device holds them all
+        layout = dataclasses.replace(layout, ids_spec=P(None))
+        ids = constrain(ids, layout.ids_spec, layout.mesh)
+    if psw is not None:
+        psw = constrain(psw, layout.ids_spec, layout.mesh)
+    row_scale, new_weight = None, weight
+    if max_norm is not None:
+        row_scale, new_weight = layout.renorm(
+            jax.lax.stop_gradient(weight), ids, max_norm, norm_type
+        )
+    count = layout.counts_at(ids) if scale_grad_by_freq else None
+    num_bags = bags.num_bags
+
+    def local_bag(t, i, psw, row_scale, count, seg):
+        owned, rows = _local_bag_rows(layout, t, i, row_scale, count)
+        d = rows.shape[-1]
+        local_bags = EB._fixed_bags(*i.shape) if fixed else EB._Bags(num_bags, seg, None, None)
+        i, owned, rows = i.reshape(-1), owned.reshape(-1), rows.reshape(-1, d)
+        if mode == "max":
+            keep = jnp.ones_like(owned) if padding_idx is None else i != padding_idx
+            return _bag_max_partial(layout, rows, owned, keep, local_bags)
+        psw = None if psw is None else psw.reshape(-1)
+        x = EB._summands(rows, i, psw, padding_idx)
+        return layout._psum_vocab(local_bags.sum(x))
+
+    vocab = P(_entry(layout.vocab_axes))
+    specs = (layout.table_spec, layout.ids_spec, layout.ids_spec, vocab, layout.ids_spec, P())
+    out_spec = P(*layout.ids_spec[:1], None)
+    seg = None if fixed else bags.seg
+    total = layout._smap(local_bag, specs, out_spec)(weight, ids, psw, row_scale, count, seg)
+    flat = ids.reshape(-1)
+    if mode == "max":
+        out = total
+    else:
+        out = EB._finish(total.astype(weight.dtype), flat, bags, mode, padding_idx)
+    if isinstance(ids, jax.core.Tracer):  # an out-of-range id makes its bag NaN (unsharded)
+        oob = ~_in_range(ids, weight.shape[0])
+        bad = jnp.any(oob, axis=1) if fixed else bags.max(oob)
+        out = jnp.where(bad[:, None], jnp.array(jnp.nan, out.dtype), out)
+    if bags.ok is not None:
+        out = EB._nan_unless(bags.ok, out, offsets)
+    return constrain(out, out_sharding, layout.mesh), new_weight
+
+
+def vocab_parallel_embedding_bag(input, weight, offsets=None, *args, vocab_axis, out_sharding=None,
+                                 mesh=None, **kwargs) -> jax.Array:
+    """:func:`jaxembed.functional.embedding_bag` on a row-sharded table (arguments and
+    collectives: :func:`vocab_parallel_embedding_bag_and_renorm`)."""
+    out, _ = vocab_parallel_embedding_bag_and_renorm(
+        input, weight, offsets, *args, vocab_axis=vocab_axis, out_sharding=out_sharding,
+        mesh=mesh, **kwargs,
+    )
+    return out
 
 
 def _vocab_axes_of(table, spec) -> tuple[str, ...]:

@@ -92,7 +92,6 @@ def row_gradients(
     return rows_from_ids(row_ids(ids, num_embeddings, padding_idx), rows_grad, num_embeddings)
 
 
-@jax.custom_jvp
 def attach_probe(rows: jax.Array, probe: jax.Array) -> jax.Array:
     """``rows``, unchanged, whose derivative is that of ``probe`` (rows carry none).
 
@@ -100,14 +99,7 @@ def attach_probe(rows: jax.Array, probe: jax.Array) -> jax.Array:
     w.r.t. the looked-up rows. Unlike ``rows + probe`` this leaves every bit of the forward as
     torch's (``-0.0 + 0.0`` would be ``+0.0``).
     """
-    return rows
-
-
-@attach_probe.defjvp
-def _attach_probe_jvp(primals, tangents):
-    rows, probe = primals
-    _, probe_dot = tangents
-    return rows, probe_dot
+    return F.with_tangent_of(rows, probe)
 
 
 def probed_embed_and_renorm(
