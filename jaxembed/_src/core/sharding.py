@@ -22,10 +22,16 @@ Every rule is the functional core's: the gradient is ``functional._lookup``'s cu
 mask, 1/count) with this module's gather and global counts plugged in, and max_norm uses
 ``functional.renorm_scale`` on the local rows.
 
-Limitation: ``jax.experimental.checkify`` cannot transform ``shard_map`` in jax 0.10.2 (it raises
-a ValueError about the context mesh), so out-of-range ids are not reported by checkify on this
-path; they still give NaN rows and a dropped gradient. (GSPMD would not help under an Explicit
-mesh: checkify raises on its sharded gather too; only Auto-mesh GSPMD is checkable.)
+Also here: ``sparse=True`` (the sparse optimizers update each device's own rows,
+:func:`vocab_parallel_sparse_update`) and EmbeddingBag (per-device partial bags, one reduction
+over the vocab axes, :func:`vocab_parallel_embedding_bag_and_renorm`).
+
+Limitation: ``jax.experimental.checkify`` cannot transform ``shard_map`` in jax 0.10.2: it
+raises a ValueError about the context mesh for any shard_map whose body has a checked operation
+or that follows one, whatever the error set. So out-of-range ids are reported by
+:func:`count_out_of_range`, not by checkify; they still give NaN rows and a dropped gradient.
+(GSPMD would not help under an Explicit mesh: checkify raises on its sharded gather too; only
+Auto-mesh GSPMD is checkable.)
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ class Embed(nnx.Module):
       sparse: torch's ``sparse=True``: the table is a ``jaxembed.sparse.SparseParam`` trained
         from row-sparse gradients (``jaxembed.sparse.value_and_grad`` and
         ``jaxembed.sparse.Optimizer``; README "Sparse gradients"). With ``scale_grad_by_freq``
-        this raises torch's RuntimeError here (torch raises at backward).
+        this raises torch's RuntimeError here (torch raises at backward). A row-sharded sparse
+        table (``embedding_metadata``) is updated row-sharded, each device its own rows.
       rngs: ``nnx.Rngs`` for the init.
       embedding_metadata: metadata for the table's variable, as flax's ``nnx.Embed``; e.g.
         ``{"out_sharding": ("model", None)}`` shards the rows over the mesh axis ``"model"``
