@@ -61,8 +61,9 @@ COSINE_ATOL = 4 * 1.1920929e-07
 
 # Vocab-parallel tables (test_sharding.py), 8 host devices, float32. A batch split over a "data"
 # axis sums each row's gradient per shard, then across shards: another order than one device's.
-# Bound: K * eps * sum_i |g_i| per element; measured K: 0.81.
-SHARDED_GRAD_BOUND_EPS = 1.0
+# Bound: K * eps * sum_i |g_i| per element; measured K: 0.81 (Embed), 1.08 (EmbeddingBag sum
+# over 4 data shards, mesh (4, 2)).
+SHARDED_GRAD_BOUND_EPS = 1.1
 # max_norm on a sharded table against one device: the norms are compiled in another context
 # (the shard_map body), last-bit differences; measured 3 ulp (rows and table).
 SHARDED_RENORM_ULP = 3
