@@ -155,6 +155,17 @@ def bag_cases(key):
     return list(BAG_CASES) if key in BAG_FULL_MESHES else list(BAG_FEW)
 
 
+def ties_table():
+    """Small integers (ties between rows that different devices own), +0.0 and -0.0, and NaNs
+    (one in the first position of a bag) for torch's max rules across shards."""
+    rng = np.random.default_rng(3)
+    t = -rng.integers(0, 2, size=(V, D)).astype(np.float32)  # 0 or -1: many tied maxima
+    t[t == 0] = np.where(rng.random((t == 0).sum()) < 0.5, -0.0, 0.0)
+    t[bag_inputs()[0][1, 0], 3] = np.nan  # the first id of bag 1
+    t[bag_inputs()[0][4, 2], 5] = np.nan  # later in bag 4
+    return t
+
+
 def bag_inputs():
     rng = np.random.default_rng(2)
     ids2 = rng.integers(0, V, size=(BATCH, SEQ))
@@ -499,6 +510,16 @@ def _run_bags(res, key, mesh, batch, table, quick=False):
         if name in ("sum", "max") and not quick:
             hlo = fwd.lower(t, p, i, o).compile().as_text()
             res[f"{key}/hlo_bag_{name}"] = _host(repr(_collectives(hlo)))
+    if not quick and key in ("explicit8", "explicit2x4"):  # max across 8 and 4 vocab shards
+        ties = _put(ties_table(), NamedSharding(mesh, P("model", None)))
+        ids2, ids1, _, _, _, _ = bag_inputs()
+        rep = NamedSharding(mesh, P())
+        res[f"{key}/bag_max_ties"] = _host(jax.jit(lambda t, i: S.vocab_parallel_embedding_bag(
+            i, t, mode="max", vocab_axis="model", out_sharding=P(batch[0], None)))(
+            ties, _put(ids2, NamedSharding(mesh, batch))))
+        res[f"{key}/bag_max_1d_ties"] = _host(jax.jit(lambda t, i, o: S.vocab_parallel_embedding_bag(
+            i, t, o, mode="max", padding_idx=PADDING_IDX, vocab_axis="model"))(
+            ties, _put(ids1, rep), _put(BAG_OFFSETS, rep)))
     if not quick and key in BAG_FULL_MESHES:
         _run_bag_modules(res, key, mesh, batch, table)
 

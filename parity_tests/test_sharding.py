@@ -515,6 +515,22 @@ def test_bag_collectives_are_bag_sized(sharded, key, shape, names):
         assert all(s.startswith(("s32[", "u32[")) and f"[{rows},{W.D}]" in s for _, s in colls)
 
 
+@pytest.mark.parametrize("key,shape,names", [k for k in MESH_KEYS if k[0] in ("explicit8", "explicit2x4")])
+def test_bag_max_ties_nan_and_signed_zeros_across_shards(sharded, key, shape, names):
+    # Equal maxima in rows of different devices go to the first position, as torch; a NaN in a
+    # bag's first position wins, a later one is skipped; -0.0 and +0.0 tie (first one kept).
+    ties = W.ties_table()
+    ids2, ids1, _, _, _, _ = W.bag_inputs()
+    want2 = from_torch(TF.embedding_bag(to_torch(ids2), to_torch(ties), mode="max"))
+    want1 = from_torch(TF.embedding_bag(to_torch(ids1), to_torch(ties), to_torch(W.BAG_OFFSETS),
+                                        mode="max", padding_idx=W.PADDING_IDX))
+    assert np.isnan(want2[1, 3]) and (want2 == 0).any() and np.signbit(want2[want2 == 0]).any()
+    np.testing.assert_array_equal(sharded[f"{key}/bag_max_ties"].view(np.uint32),
+                                  want2.view(np.uint32))
+    np.testing.assert_array_equal(sharded[f"{key}/bag_max_1d_ties"].view(np.uint32),
+                                  want1.view(np.uint32))
+
+
 @pytest.mark.parametrize("key,shape,names", [k for k in MESH_KEYS if k[0] in W.BAG_FULL_MESHES])
 def test_bag_modules_on_sharded_table(sharded, key, shape, names):
     # jaxembed.EmbeddingBag (NNX, embedding_metadata) and jaxembed.linen.EmbeddingBag

@@ -251,8 +251,9 @@ class VocabParallel:
                 x = jax.lax.all_gather(x, _axes(entry), axis=dim, tiled=True, to="invarying")
         return x
 
-    def _psum_vocab(self, x):
-        return jax.lax.psum(x, self.vocab_axes) if self.vocab_axes else x
+    def _reduce_vocab(self, x, reduce=jax.lax.psum):
+        """``reduce`` (psum, pmax, pmin) over the vocab axes; ``x`` itself with none."""
+        return reduce(x, self.vocab_axes) if self.vocab_axes else x
 
     def gather(self, table, ids, linear=False):
         """``functional._gather`` on the sharded table: bit-exact rows, NaN rows out of range.
@@ -265,10 +266,10 @@ class VocabParallel:
             ok, owned, local = self._local(i, t.shape[0])
             rows = t.at[local].get(mode="promise_in_bounds")
             if linear:
-                rows = self._psum_vocab(jnp.where(owned[..., None], rows, 0))
+                rows = self._reduce_vocab(jnp.where(owned[..., None], rows, 0))
                 return jnp.where(ok[..., None], rows, 0)
             rows = _as_bits(rows)
-            rows = self._psum_vocab(jnp.where(owned[..., None], rows, jnp.zeros((), rows.dtype)))
+            rows = self._reduce_vocab(jnp.where(owned[..., None], rows, jnp.zeros((), rows.dtype)))
             rows = _from_bits(rows, t.dtype, t.shape[1])
             # No shard owns an out-of-range id: give it the fill row, not the zero row.
             return jnp.where(ok[..., None], rows, jnp.array(_fill_value(t.dtype), t.dtype))
@@ -285,7 +286,7 @@ class VocabParallel:
             counts = jnp.zeros((rows,), jnp.int32).at[local].add(owned.astype(jnp.int32))
             if self.ids_axes:  # the ids are split over these axes: sum their counts
                 counts = jax.lax.psum(counts, self.ids_axes)
-            n = self._psum_vocab(jnp.where(owned, counts.at[local].get(), 0))
+            n = self._reduce_vocab(jnp.where(owned, counts.at[local].get(), 0))
             return jnp.where(ok, n, 1)  # an out-of-range id's gradient is dropped anyway
 
         return self._smap(local_counts, (self.ids_spec,), self.ids_spec)(ids)
@@ -548,6 +549,8 @@ def _bag_max_partial(layout, rows, owned, keep, bags):
     positions of every device: a max-reduce of ordered keys, a min-reduce of the first position
     holding the maximum, and an all-reduce of that row's bits (its one owner sends it)."""
     n, d = rows.shape
+    if n == 0:
+        return jnp.zeros((bags.num_bags, d), rows.dtype)
     pos = jnp.arange(n, dtype=jnp.int32)
     first = bags.min(jnp.where(keep, pos, n))  # every device agrees: the ids are everywhere
     comparable = (owned & keep)[:, None] & ~jnp.isnan(rows)
@@ -556,18 +559,18 @@ def _bag_max_partial(layout, rows, owned, keep, bags):
     key = jnp.where(comparable, key, lowest)
     seed_at = jnp.minimum(first, n - 1)
     seed_nan = ((first < n) & owned[seed_at])[:, None] & jnp.isnan(rows[seed_at])
-    top = jax.lax.pmax(jnp.where(seed_nan, highest, bags.max(key)), layout.vocab_axes)
+    top = layout._reduce_vocab(jnp.where(seed_nan, highest, bags.max(key)), jax.lax.pmax)
     top_at = jnp.append(top, jnp.full((1, d), lowest, top.dtype), axis=0)[bags.seg]
     hit = comparable & (key == top_at) & (top_at != lowest)
     arg = jnp.where(seed_nan, first[:, None], bags.min(jnp.where(hit, pos[:, None], n)))
-    arg = jax.lax.pmin(arg, layout.vocab_axes)  # (B, D): the position of each maximum
+    arg = layout._reduce_vocab(arg, jax.lax.pmin)  # (B, D): the position of each maximum
     at = jnp.minimum(arg, n - 1)
     mine = (arg < n) & owned[at]
     picked = jnp.take_along_axis(rows, at, axis=0, mode="promise_in_bounds")
     value = jnp.where(mine, picked, jnp.zeros((), rows.dtype))
-    exact = _from_bits(layout._psum_vocab(_as_bits(value)), rows.dtype, d)
+    exact = _from_bits(layout._reduce_vocab(_as_bits(value)), rows.dtype, d)
     # The bits copy is not differentiable: its gradient is that of the float all-reduce.
-    return F.with_tangent_of(exact, layout._psum_vocab(value))
+    return F.with_tangent_of(exact, layout._reduce_vocab(value))
 
 
 def vocab_parallel_embedding_bag_and_renorm(
@@ -636,7 +639,7 @@ def vocab_parallel_embedding_bag_and_renorm(
             return _bag_max_partial(layout, rows, owned, keep, local_bags)
         psw = None if psw is None else psw.reshape(-1)
         x = EB._summands(rows, i, psw, padding_idx)
-        return layout._psum_vocab(local_bags.sum(x))
+        return layout._reduce_vocab(local_bags.sum(x))
 
     vocab = P(_entry(layout.vocab_axes))
     specs = (layout.table_spec, layout.ids_spec, layout.ids_spec, vocab, layout.ids_spec, P())
