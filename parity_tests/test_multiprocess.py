@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,15 +50,20 @@ def two_processes(tmp_path_factory):
                          env=env, stdout=logs[i], stderr=subprocess.STDOUT)
         for i in range(2)
     ]
+    deadline = time.monotonic() + TIMEOUT_S
     try:
-        codes = [p.wait(timeout=TIMEOUT_S) for p in procs]
-    except subprocess.TimeoutExpired:
-        codes = None
+        # Until both exit, the time runs out, or one fails (its peer would wait for it).
+        while time.monotonic() < deadline:
+            codes = [p.poll() for p in procs]
+            if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes):
+                break
+            time.sleep(0.5)
     finally:
-        for p in procs:  # never leave a process behind (one may wait for a dead peer)
+        for p in procs:  # never leave a process behind
             if p.poll() is None:
                 p.kill()
                 p.wait()
+    codes = [p.returncode for p in procs]
     text = []
     for f in logs:
         f.seek(0)
