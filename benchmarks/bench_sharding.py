@@ -141,15 +141,213 @@ def _benches(mesh_shape, names, table, ids, gout):
     }, ts
 
 
+# ---------------------------------------------------------------------------------------------
+# Scale: dense vs sparse SGD on a row-sharded table as V grows (issue 13)
+# ---------------------------------------------------------------------------------------------
+
+GIB = 2**30
+
+
+def _collective_bytes(compiled_text):
+    """Per-device bytes of every collective's result in compiled HLO, by op."""
+    import re
+
+    sizes = {"f32": 4, "u32": 4, "s32": 4, "bf16": 2, "u16": 2, "pred": 1, "s8": 1, "u8": 1}
+    out = {}
+    ops = r"all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute"
+    # A result is one shape or, after XLA combines collectives, a tuple of them.
+    for result, op in re.findall(r"= (\([^)]*\)|\S+) (" + ops + r")(?:-start)?\(", compiled_text):
+        for dtype, dims in re.findall(r"(\w+)\[([\d,]*)\]", result):
+            n = int(np.prod([int(x) for x in dims.split(",") if x])) if dims else 1
+            out[op] = out.get(op, 0) + n * sizes.get(dtype, 4)
+    return out
+
+
+def _scale_steps(mesh, v, d, n_ids):
+    """Jitted dense and sparse SGD steps (table donated) and their argument shapes."""
+    from jaxembed import sparse
+
+    names = mesh.axis_names
+    batch = P("data", None) if "data" in names else P(None, None)
+    out_spec = P(*batch, None)
+    tx = sparse.sgd(LR)
+    seq = 128
+    ids_shape = (n_ids // seq, seq)
+
+    # A nonlinear loss, as in a model: its gradient needs the looked-up rows, so the lookup
+    # (and its all-reduce) is part of the step and runs before the in-place update (with a
+    # linear loss XLA drops the lookup, or copies the table to read it while updating it).
+    def dense_step(t, i, g):
+        def loss(t):
+            rows = S.vocab_parallel_embedding(i, t, vocab_axis="model", out_sharding=out_spec)
+            return jnp.sum(jnp.tanh(rows) * g)
+
+        value, grad = jax.value_and_grad(loss)(t)
+        return t - LR * grad, value
+
+    def sparse_step(t, i, g):
+        rows = S.vocab_parallel_embedding(
+            i, t, sparse=True, vocab_axis="model", out_sharding=out_spec
+        )
+        value, rows_grad = jax.value_and_grad(lambda r: jnp.sum(jnp.tanh(r) * g))(rows)
+        t, _ = tx.update(sparse.row_gradients(i, rows_grad, v), (), t)
+        return t, value
+
+    shapes = (
+        jax.ShapeDtypeStruct((v, d), jnp.float32, sharding=NamedSharding(mesh, P("model", None))),
+        jax.ShapeDtypeStruct(ids_shape, jnp.int32, sharding=NamedSharding(mesh, batch)),
+        jax.ShapeDtypeStruct(ids_shape + (d,), jnp.float32, sharding=NamedSharding(mesh, out_spec)),
+    )
+    steps = {
+        "dense": jax.jit(dense_step, donate_argnums=0),
+        "sparse": jax.jit(sparse_step, donate_argnums=0),
+    }
+    return steps, shapes
+
+
+def _compiled_facts(mesh, step, shapes):
+    with jax.set_mesh(mesh):
+        compiled = step.lower(*shapes).compile()
+    mem = compiled.memory_analysis()
+    # Per device: arguments + outputs + temporaries, less what is updated in place.
+    peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+            - mem.alias_size_in_bytes)
+    return compiled, peak, _collective_bytes(compiled.as_text())
+
+
+def _make_table(mesh, v, d):
+    """A V x D float32 table made shard by shard on the devices (never whole anywhere: a
+    jitted iota with out_shardings computed the whole table on every device, 8x the memory)."""
+    rows = v // mesh.shape["model"]
+
+    def local():
+        start = jax.lax.axis_index("model") * rows
+        r = (jax.lax.broadcasted_iota(jnp.int32, (rows, d), 0) + start) * 7
+        r = r + jax.lax.broadcasted_iota(jnp.int32, (rows, d), 1)
+        return ((r % 1009).astype(jnp.float32) - 504.0) * 1e-3
+
+    make = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(), out_specs=P("model", None)))
+    with jax.set_mesh(mesh):
+        return make()
+
+
+def scale_main(args):
+    """Dense vs sparse SGD step on an 8-device vocab-parallel table, V from 1M up."""
+    import gc
+
+    mesh = jax.make_mesh((8,), ("model",), axis_types=(AxisType.Explicit,))
+    mesh24 = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    d, n = args.d, args.n
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 2**31 - 1, size=(n // 128, 128))
+    gout = rng.normal(size=(n // 128, 128, d)).astype(np.float32)
+    budget = args.mem_gb * GIB
+    print(f"# jax {jax.__version__}, {jax.device_count()} CPU devices, mesh (8,) 'model'; "
+          f"D={d} float32, n={n} ids/step, SGD lr={LR}; {args.rounds} interleaved rounds; "
+          f"memory budget {args.mem_gb} GiB (whole process, all 8 devices)", flush=True)
+    results = []
+    base = None  # the tables at the first V, kept alive: every ratio is taken in one run
+
+    def timed(benches):
+        for fn in benches.values():
+            fn()  # warm up (compiled already)
+        samples = {name: [] for name in benches}
+        for _ in range(args.rounds):
+            for name, fn in benches.items():
+                # An untimed call first: a step right after another kind of step runs up to 5x
+                # slower on XLA:CPU (measured: the sparse step after the dense one, whose
+                # V-sized temporaries it frees), which would charge one bench for another.
+                fn()
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t0)
+        return {name: statistics.median(xs) for name, xs in samples.items()}
+
+    for v in args.vs:
+        row = {"V": v, "D": d, "n": n, "table_bytes_per_device": v // 8 * d * 4}
+        steps, shapes = _scale_steps(mesh, v, d, n)
+        steps24, shapes24 = _scale_steps(mesh24, v, d, n)
+        compiled = {}
+        for kind, step in steps.items():
+            compiled[kind], peak, coll = _compiled_facts(mesh, step, shapes)
+            _, _, coll24 = _compiled_facts(mesh24, steps24[kind], shapes24)
+            row[kind] = {"peak_bytes_all_devices": 8 * peak, "collective_bytes_per_device": coll,
+                         "collective_bytes_per_device_mesh2x4": coll24}
+        with jax.set_mesh(mesh):
+            i = jax.device_put(ids % v, NamedSharding(mesh, shapes[1].sharding.spec))
+            g = jax.device_put(gout, NamedSharding(mesh, shapes[2].sharding.spec))
+
+        def caller(kind, state, c=compiled, i=i, g=g):
+            def call():
+                state[kind], loss = c[kind](state[kind], i, g)
+                jax.block_until_ready((state[kind], loss))
+
+            return call
+
+        if base is None:  # both steps side by side at the smallest V; their tables kept
+            state = {k: _make_table(mesh, v, d) for k in steps}
+            base = {"v": v, "calls": {k: caller(k, state) for k in steps},
+                    "bytes": sum(row[k]["peak_bytes_all_devices"] for k in steps)}
+            med = timed({f"{k} V={v}": c for k, c in base["calls"].items()})
+            for k in steps:
+                row[k].update(median_s=med[f"{k} V={v}"], ratio_to_base_same_run=1.0)
+            row["dense_over_sparse_same_run"] = med[f"dense V={v}"] / med[f"sparse V={v}"]
+        else:  # one phase per step kind: its V-row table, next to both base steps
+            for kind in steps:
+                need = row[kind]["peak_bytes_all_devices"] + base["bytes"]
+                if need > budget:
+                    row[kind]["skipped"] = (f"needs {need / GIB:.1f} GiB with the V={base['v']} "
+                                            f"tables > budget {args.mem_gb} GiB")
+                    continue
+                state = {kind: _make_table(mesh, v, d)}
+                benches = {f"{kind} V={v}": caller(kind, state)}
+                benches.update({f"{k} V={base['v']}": c for k, c in base["calls"].items()})
+                med = timed(benches)
+                row[kind].update(
+                    median_s=med[f"{kind} V={v}"],
+                    ratio_to_base_same_run=med[f"{kind} V={v}"] / med[f"{kind} V={base['v']}"],
+                    base_dense_over_sparse_same_run=(
+                        med[f"dense V={base['v']}"] / med[f"sparse V={base['v']}"]),
+                )
+                del state, benches  # the callers hold the table: free it before the next
+                gc.collect()
+            if all("ratio_to_base_same_run" in row[k] for k in steps):
+                # dense(V)/sparse(V) through the base pair timed in both phases
+                row["dense_over_sparse_via_base"] = (
+                    row["dense"]["ratio_to_base_same_run"]
+                    / row["sparse"]["ratio_to_base_same_run"]
+                    * results[0]["dense_over_sparse_same_run"])
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    return results
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--v", type=int, default=65536)
-    p.add_argument("--d", type=int, default=128)
+    p.add_argument("--d", type=int, default=None, help="128 (smoke), 64 (--scale)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--json", action="store_true", help="one JSON line per result")
+    p.add_argument("--scale", action="store_true",
+                   help="dense vs sparse SGD step as V grows (--vs, --n, --d 64, --mem-gb)")
+    p.add_argument("--vs", type=int, nargs="+",
+                   default=[2**20, 2**21, 2**22, 2**23, 2**24, 2**25])
+    p.add_argument("--n", type=int, default=4096)
+    p.add_argument("--mem-gb", type=float, default=11.0)
+    p.add_argument("--out", help="--scale: write results.json and scale.png here")
     args = p.parse_args(argv)
+    if args.d is None:
+        args.d = 64 if args.scale else 128
+    if args.scale:
+        results = scale_main(args)
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            with open(os.path.join(args.out, "results.json"), "w") as f:
+                json.dump(results, f, indent=1)
+            plot_scale(results, os.path.join(args.out, "scale.png"))
+        return
 
     rng = np.random.default_rng(0)
     table = rng.normal(size=(args.v, args.d)).astype(np.float32)
@@ -180,6 +378,37 @@ def main(argv=None):
                                   "n": args.batch * args.seq}))
             else:
                 print(f"  {name:26s} {med:9.3f}  (min {min(xs) * 1e3:.3f})")
+
+
+
+def plot_scale(results, path):
+    """Step time relative to the smallest V (same run) and per-device table bytes vs V."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for kind, marker in (("dense", "o"), ("sparse", "s")):
+        pts = [(r["V"], r[kind]["ratio_to_base_same_run"]) for r in results
+               if "ratio_to_base_same_run" in r[kind]]
+        if pts:
+            a.plot(*zip(*pts), marker=marker, label=f"{kind} SGD step")
+    vs = [r["V"] for r in results]
+    a.plot(vs, [v / vs[0] for v in vs], ":", color="gray", label="linear in V")
+    a.set(xscale="log", yscale="log", xlabel="V (rows)",
+          ylabel=f"step time / step time at V={vs[0]:,} (same run)",
+          title="8 CPU devices, D=64 f32, n=4096")
+    a.legend()
+    b.plot(vs, [r["table_bytes_per_device"] / GIB for r in results], marker="o",
+           label="table bytes per device")
+    for kind in ("dense", "sparse"):
+        b.plot(vs, [r[kind]["peak_bytes_all_devices"] / 8 / GIB for r in results], "--",
+               label=f"{kind} step peak per device (compiled)")
+    b.set(xscale="log", yscale="log", xlabel="V (rows)", ylabel="GiB")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

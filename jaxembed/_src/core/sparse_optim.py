@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxembed._src.core import sharding
 from jaxembed._src.core.sparse import SparseRows
 
 
@@ -176,16 +177,35 @@ def _check_grad(grad, table, name: str):
 
 
 def _per_table(init_one, update_one) -> SparseGradientTransformation:
-    """Lifts a one-table optimizer to pytrees of tables (``SparseRows`` leaves in the grads)."""
+    """Lifts a one-table optimizer to pytrees of tables (``SparseRows`` leaves in the grads).
+
+    ``update(grads, state, tables, table_specs=None)``: a table whose rows are split over mesh
+    axes is updated row-sharded, each device its own rows (``sharding.vocab_parallel_sparse_
+    update``, the same step row for row). Its layout is read from the table (an Explicit mesh
+    types it; a concrete array carries it) or, under an Auto mesh inside ``jit``, from
+    ``table_specs``: a tree like ``tables`` of ``PartitionSpec`` (or None) leaves, e.g.
+    ``nn.get_partition_spec(variables)["sparse_params"]``.
+    """
 
     def init(tables):
         return jax.tree.map(init_one, tables)
 
-    def update(grads, state, tables):
+    def update_table(grad, state, table, spec):
+        vocab_axes = sharding.vocab_parallel_axes(table, spec, None)
+        if vocab_axes is None:
+            return update_one(grad, state, table)
+        return sharding.vocab_parallel_sparse_update(
+            update_one, grad, state, table, vocab_axis=vocab_axes
+        )
+
+    def update(grads, state, tables, table_specs=None):
         leaves, treedef = jax.tree.flatten(grads, is_leaf=lambda x: isinstance(x, SparseRows))
+        specs = [None] * len(leaves) if table_specs is None else treedef.flatten_up_to(table_specs)
         out = [
-            update_one(g, s, t)
-            for g, s, t in zip(leaves, treedef.flatten_up_to(state), treedef.flatten_up_to(tables))
+            update_table(g, s, t, spec)
+            for g, s, t, spec in zip(
+                leaves, treedef.flatten_up_to(state), treedef.flatten_up_to(tables), specs
+            )
         ]
         return treedef.unflatten([o[0] for o in out]), treedef.unflatten([o[1] for o in out])
 

@@ -127,15 +127,6 @@ def check_attend_not_sparse(sparse: bool, freeze: bool) -> None:
         )
 
 
-def check_sparse_unsharded(sharding) -> None:
-    """The row-sparse path (``sparse=True``) has no vocab-parallel variant yet."""
-    if sharding is not None:
-        raise NotImplementedError(
-            "sparse=True with a sharded table or out_sharding is not supported: the row-sparse "
-            f"path runs on one device (got sharding {sharding!r}). Use sparse=False to shard."
-        )
-
-
 # ---------------------------------------------------------------------------------------------
 # EmbeddingBag (torch/nn/functional.py embedding_bag and aten/src/ATen/native/EmbeddingBag.cpp)
 # ---------------------------------------------------------------------------------------------

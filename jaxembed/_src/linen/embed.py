@@ -177,8 +177,7 @@ class Embed(nn.Module):
         context mesh; a row-sharded table is looked up vocab-parallel (one all-reduce).
         """
         if self.sparse and not self.freeze:
-            validation.check_sparse_unsharded(out_sharding)
-            rows = sparse_linen.lookup(self, inputs)
+            rows = sparse_linen.lookup(self, inputs, out_sharding)
             return dtypes.promote_rows(rows, self.dtype, self._promote)
         table = self.table.value
         rules = dict(

@@ -5,13 +5,14 @@ A thin holder of the table; every rule is in ``embedding_bag.py`` and ``function
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxembed._src.core import initializers, validation
+from jaxembed._src.core import initializers, sharding, validation
 from jaxembed._src.core.embedding_bag import embedding_bag_and_renorm
 from jaxembed._src.linen.embed import FROZEN_COLLECTION, init_key
 
@@ -23,6 +24,10 @@ class EmbeddingBag(nn.Module):
     Options are those of ``jaxembed.EmbeddingBag``; see its docstring. ``max_norm`` persistence
     is that of ``jaxembed.linen.Embed``: the renormed table is written back only when its
     collection is mutable in ``apply`` (``mutable=["params"]``, or ``["frozen"]``).
+
+    Sharding: as ``jaxembed.linen.Embed`` (``nn.with_partitioning`` on ``embedding_init``); a
+    table whose rows are split is reduced vocab-parallel (per-device partial bags, one
+    all-reduce or max-reduce).
     """
 
     num_embeddings: int
@@ -55,7 +60,7 @@ class EmbeddingBag(nn.Module):
 
     def setup(self):
         def init():
-            return initializers.init_table(
+            table = initializers.init_table(
                 init_key(self),
                 self.num_embeddings,
                 self.features,
@@ -63,6 +68,7 @@ class EmbeddingBag(nn.Module):
                 self.embedding_init,
                 self._normalized_padding_idx(),
             )
+            return sharding.place_partitioned(table)
 
         self.table = self.variable(self._collection, "embedding", init)
 
@@ -99,11 +105,21 @@ class EmbeddingBag(nn.Module):
     def embedding(self) -> jax.Array:
         return self.table.value
 
-    def __call__(self, inputs, offsets=None, per_sample_weights=None) -> jax.Array:
-        """``(B, L)`` ids, or ``(N,)`` ids and ``offsets`` -> ``(B, features)``."""
-        out, table = embedding_bag_and_renorm(
+    def __call__(self, inputs, offsets=None, per_sample_weights=None, out_sharding=None):
+        """``(B, L)`` ids, or ``(N,)`` ids and ``offsets`` -> ``(B, features)``; ``out_sharding``
+        as ``jaxembed.linen.Embed``'s."""
+        table = self.table.value
+        spec = sharding.partitioned_spec(self.scope.get_variable(self._collection, "embedding"))
+        vocab_axes = sharding.vocab_parallel_axes(table, spec, out_sharding)
+        bag = embedding_bag_and_renorm
+        if vocab_axes is not None:
+            bag = functools.partial(
+                sharding.vocab_parallel_embedding_bag_and_renorm,
+                vocab_axis=vocab_axes, out_sharding=out_sharding,
+            )
+        out, table = bag(
             inputs,
-            self.table.value,
+            table,
             offsets,
             max_norm=self.max_norm,
             norm_type=self.norm_type,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxembed._src.core import sharding
 from jaxembed._src.core import sparse as S
 
 SPARSE_COLLECTION = "sparse_params"
@@ -20,9 +21,11 @@ IDS_COLLECTION = "row_ids"
 _NAME = "embedding"
 
 
-def lookup(module, inputs) -> jax.Array:
-    """The sparse lookup of ``jaxembed.linen.Embed``."""
+def lookup(module, inputs, out_sharding=None) -> jax.Array:
+    """The sparse lookup of ``jaxembed.linen.Embed`` (vocab-parallel for a row-sharded table,
+    as the dense one)."""
     table = module.table.value
+    vocab_axes = sharding.vocab_parallel_axes(table, module._table_spec(), out_sharding)
     shape = jnp.shape(inputs) + (module.features,)
     initializing = module.is_initializing()
     probe = None
@@ -40,6 +43,8 @@ def lookup(module, inputs) -> jax.Array:
         padding_idx=module._padding_idx,
         max_norm=module.max_norm,
         norm_type=module.norm_type,
+        vocab_axes=vocab_axes,
+        out_sharding=out_sharding,
     )
     if not initializing and module.is_mutable_collection(IDS_COLLECTION):
         ids = S.row_ids(inputs, module.num_embeddings, module._padding_idx)

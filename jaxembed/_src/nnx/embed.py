@@ -58,7 +58,8 @@ class Embed(nnx.Module):
       sparse: torch's ``sparse=True``: the table is a ``jaxembed.sparse.SparseParam`` trained
         from row-sparse gradients (``jaxembed.sparse.value_and_grad`` and
         ``jaxembed.sparse.Optimizer``; README "Sparse gradients"). With ``scale_grad_by_freq``
-        this raises torch's RuntimeError here (torch raises at backward).
+        this raises torch's RuntimeError here (torch raises at backward). A row-sharded sparse
+        table (``embedding_metadata``) is updated row-sharded, each device its own rows.
       rngs: ``nnx.Rngs`` for the init.
       embedding_metadata: metadata for the table's variable, as flax's ``nnx.Embed``; e.g.
         ``{"out_sharding": ("model", None)}`` shards the rows over the mesh axis ``"model"``
@@ -103,8 +104,7 @@ class Embed(nnx.Module):
             rngs.params(), num_embeddings, features, param_dtype, embedding_init, self.padding_idx
         )
         if sparse and not freeze:
-            validation.check_sparse_unsharded(embedding_metadata.get("out_sharding"))
-            sparse_nnx.init_sparse_table(self, table)
+            sparse_nnx.init_sparse_table(self, table, embedding_metadata)
         else:
             variable = FrozenParam if freeze else nnx.Param
             self.embedding = variable(table, **embedding_metadata)
@@ -150,8 +150,7 @@ class Embed(nnx.Module):
         context mesh; a row-sharded table is looked up vocab-parallel (one all-reduce).
         """
         if self.sparse and not self.freeze:
-            validation.check_sparse_unsharded(out_sharding)
-            rows = sparse_nnx.lookup(self, inputs)
+            rows = sparse_nnx.lookup(self, inputs, out_sharding)
             return dtypes.promote_rows(rows, self.dtype, self.promote_dtype)
         table = self.embedding.get_value()
         rules = dict(

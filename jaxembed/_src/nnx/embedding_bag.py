@@ -5,13 +5,15 @@ A thin holder of the table; every rule is in ``embedding_bag.py`` and ``function
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import functools
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxembed._src.core import initializers, validation
+from jaxembed._src.core import initializers, sharding, validation
 from jaxembed._src.core.embedding_bag import embedding_bag_and_renorm
 from jaxembed._src.nnx.embed import FrozenParam
 
@@ -36,6 +38,11 @@ class EmbeddingBag(nnx.Module):
       embedding_init: ``(key, shape, dtype) -> table``; default N(0, 1) as torch.
       freeze: store the table as a :class:`FrozenParam` (not trainable).
       rngs: ``nnx.Rngs`` for the init.
+      embedding_metadata: metadata for the table's variable, as ``jaxembed.Embed``'s; e.g.
+        ``{"out_sharding": ("model", None)}`` splits the rows over the mesh axis ``"model"``:
+        each device then reduces its own rows' part of every bag and one all-reduce (sum,
+        mean) or max-reduce (max) assembles the bags (``jaxembed.sharding.
+        vocab_parallel_embedding_bag``).
 
     Calling: ``bag(input, offsets=None, per_sample_weights=None)`` as torch's ``forward``; see
     ``jaxembed.functional.embedding_bag`` for the semantics, the errors and the jit policy.
@@ -61,6 +68,7 @@ class EmbeddingBag(nnx.Module):
         embedding_init: Callable = initializers.default_embed_init,
         freeze: bool = False,
         rngs: nnx.Rngs,
+        embedding_metadata: Mapping[str, Any] = MappingProxyType({}),
     ):
         validation.check_bag_mode(mode, scale_grad_by_freq)
         self.num_embeddings = num_embeddings
@@ -79,7 +87,8 @@ class EmbeddingBag(nnx.Module):
         table = initializers.init_table(
             rngs.params(), num_embeddings, features, param_dtype, embedding_init, self.padding_idx
         )
-        self.embedding = FrozenParam(table) if freeze else nnx.Param(table)
+        variable = FrozenParam if freeze else nnx.Param
+        self.embedding = variable(table, **embedding_metadata)
 
     @classmethod
     def from_pretrained(
@@ -114,11 +123,23 @@ class EmbeddingBag(nnx.Module):
             **kwargs,
         )
 
-    def __call__(self, inputs, offsets=None, per_sample_weights=None) -> jax.Array:
-        """``(B, L)`` ids, or ``(N,)`` ids and ``offsets`` -> ``(B, features)``."""
-        out, table = embedding_bag_and_renorm(
+    def __call__(self, inputs, offsets=None, per_sample_weights=None, out_sharding=None):
+        """``(B, L)`` ids, or ``(N,)`` ids and ``offsets`` -> ``(B, features)``.
+
+        ``out_sharding``: the layout of the bags on the context mesh (a row-sharded table is
+        reduced vocab-parallel)."""
+        table = self.embedding.get_value()
+        spec = nnx.spmd.get_var_pspec(self.embedding)
+        vocab_axes = sharding.vocab_parallel_axes(table, spec, out_sharding)
+        bag = embedding_bag_and_renorm
+        if vocab_axes is not None:
+            bag = functools.partial(
+                sharding.vocab_parallel_embedding_bag_and_renorm,
+                vocab_axis=vocab_axes, out_sharding=out_sharding,
+            )
+        out, table = bag(
             inputs,
-            self.embedding.get_value(),
+            table,
             offsets,
             max_norm=self.max_norm,
             norm_type=self.norm_type,

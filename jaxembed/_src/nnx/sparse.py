@@ -18,8 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.training.optimizer import to_opt_state
 
+from jaxembed._src.core import sharding, sparse_optim
 from jaxembed._src.core import sparse as S
-from jaxembed._src.core import sparse_optim
 
 
 class SparseParam(nnx.Variable):
@@ -35,20 +35,25 @@ class RowIds(nnx.Variable):
     """The ids of the last sparse lookup, flattened, removed positions set to num_embeddings."""
 
 
-def init_sparse_table(embed, table: jax.Array) -> None:
-    """Stores ``table`` as the module's sparse table, with an empty probe and ids."""
-    embed.embedding = SparseParam(table)
+def init_sparse_table(embed, table: jax.Array, metadata=None) -> None:
+    """Stores ``table`` as the module's sparse table (``metadata`` as ``nnx.Param``'s, e.g.
+    ``{"out_sharding": ("model", None)}`` for a row-sharded table), with an empty probe and
+    ids."""
+    embed.embedding = SparseParam(table, **(metadata or {}))
     embed.row_probe = RowProbe(jnp.zeros((0, embed.features), table.dtype))
     embed.row_ids = RowIds(jnp.zeros((0,), jnp.int32))
 
 
-def lookup(embed, inputs) -> jax.Array:
+def lookup(embed, inputs, out_sharding=None) -> jax.Array:
     """The sparse lookup of ``jaxembed.Embed``: rows, probe, ids, and torch's max_norm write.
 
     When the probe does not have the rows' shape (a plain call, or :func:`value_and_grad`'s
     sizing pass) a zero probe of the right shape is stored; it then receives no gradient.
+    A row-sharded table is looked up vocab-parallel (as the dense ``Embed``).
     """
     table = embed.embedding.get_value()
+    spec = nnx.spmd.get_var_pspec(embed.embedding)
+    vocab_axes = sharding.vocab_parallel_axes(table, spec, out_sharding)
     shape = jnp.shape(inputs) + (embed.features,)
     probe = embed.row_probe.get_value()
     if probe.shape != shape or probe.dtype != table.dtype:
@@ -61,6 +66,8 @@ def lookup(embed, inputs) -> jax.Array:
         padding_idx=embed.padding_idx,
         max_norm=embed.max_norm,
         norm_type=embed.norm_type,
+        vocab_axes=vocab_axes,
+        out_sharding=out_sharding,
     )
     embed.row_ids.set_value(S.row_ids(inputs, embed.num_embeddings, embed.padding_idx))
     if embed.max_norm is not None:
@@ -136,9 +143,15 @@ class Optimizer(nnx.Pytree):
         self.opt_state = nnx.data(to_opt_state(tx.init(tables)))
 
     def update(self, model, row_grads: Any) -> None:
-        tables = nnx.as_pure(nnx.state(model, SparseParam))
+        variables = nnx.state(model, SparseParam)
+        tables = nnx.as_pure(variables)
+        # The tables' declared layouts (row-sharded tables are updated row-sharded; under an
+        # Auto mesh inside jit only the variables' metadata carries it).
+        specs = jax.tree.map(
+            nnx.spmd.get_var_pspec, variables, is_leaf=lambda x: isinstance(x, nnx.Variable)
+        )
         new_tables, new_state = self.tx.update(
-            nnx.as_pure(row_grads), nnx.as_pure(self.opt_state), tables
+            nnx.as_pure(row_grads), nnx.as_pure(self.opt_state), tables, table_specs=specs
         )
         nnx.update(model, new_tables)
         nnx.update(self.opt_state, nnx.state(new_state))
