@@ -344,7 +344,7 @@ def _offset_bag_sum(rule: _OffsetSumRule, weight, per_sample_weights, ids, offse
     else:
         work = b * (jnp.max(sizes).astype(jnp.float32) + _STEP)
         total, count, bad = jax.lax.cond(
-            work <= _MAX_WORK_PER_ID * num_inputs, loop, segments, None
+            work <= float(_MAX_WORK_PER_ID * num_inputs), loop, segments, None
         )
     total = total.astype(weight.dtype)
     if check:
