@@ -114,6 +114,30 @@ def test_quick_run_json_is_well_formed_and_every_check_passes(quick_run):
     assert result["partial"] is False and result["stopped_by"] is None
 
 
+def test_torch_compile_contender_is_checked_and_timed(tmp_path):
+    # The "eager" backend runs torch.compile's code path (dynamo) in seconds; the timings in
+    # RESULTS.md use inductor, the default.
+    proc = _bench("--V", "300", "--D", "8", "--n", "64", "--dtypes", "float32", "--dists",
+                  "uniform", "--ops", "fwd,sgd,bag_fwd", "--reps", "1", "--warmup", "0",
+                  "--target-ms", "0.1", "--torch-compile", "--torch-compile-backend", "eager",
+                  "--bag-configs", "300:8:16:4", "--no-plot", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    recs = json.loads((tmp_path / "bench.json").read_text())["records"]
+    compiled = [r for r in recs if r["contender"] == cases.TORCH_COMPILE]
+    assert {r["op"] for r in compiled} == {"fwd", "sgd", "bag_fwd"}
+    assert len([r for r in compiled if r["op"] == "bag_fwd"]) == 8  # 2 layouts x 4 modes
+    assert all(r["check"]["ok"] and r["median_ms"] > 0 and r["compile_s"] >= 0
+               for r in compiled)
+    assert "## Compile time" in (tmp_path / "bench.md").read_text()
+
+
+def test_unavailable_torch_compile_is_reported_with_its_error():
+    import torch
+
+    backend, why = cases.torch_compile_backend(torch, "no_such_backend")
+    assert backend is None and "no_such_backend" in why and "unavailable" in why
+
+
 def _problem(dtype="float32"):
     rng = np.random.default_rng(0)
     shape = cases.Shape(50, 4, 40, dtype)
