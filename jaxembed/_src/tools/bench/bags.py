@@ -200,13 +200,13 @@ def torch_bench(torch, op: str, pb: BagProblem, mode: str, ref, compiled: bool,
     return cases.Bench(call, lambda out: check(op, cases._TorchIO, out, pb, mode, ref))
 
 
-def groups(configs, ops, torch, compile_backend: str | None, rng) -> Any:
+def groups(configs, ops, torch, compile_backend: str | None, rng, modes=MODES) -> Any:
     """Yields ``(shape, layout, mode, op, n, {contender: Bench})`` for every bag group."""
     for V, D, bags, length in configs:
         shape = BagShape(V, D, bags, length)
         for layout in LAYOUTS:
             pb = BagProblem(shape, layout, rng)
-            for mode in MODES:
+            for mode in modes:
                 ref = pb.reference(mode)
                 for op in ops:
                     benches = {cases.SUBJECT: jax_bench(op, pb, mode, ref)}

@@ -30,9 +30,12 @@ import numpy as np
 
 from jaxembed._src.tools.cli import ArgumentParser
 
-QUICK = dict(V=[32768], D=[64], n=[4096], reps=3, warmup=1, target_ms=3.0, torch_compile=False)
+# --quick stays under a minute on an idle 2-core machine: no Adam step (no target), bags in two
+# modes (sum and max: the column loop and the segment path), no torch.compile.
+QUICK = dict(V=[32768], D=[64], n=[4096], reps=3, warmup=1, target_ms=3.0, torch_compile=False,
+             ops=None, bag_modes=("sum", "max"))
 FULL = dict(V=[32768, 1048576], D=[64, 128, 768], n=[4096, 65536], reps=5, warmup=1,
-            target_ms=5.0, torch_compile=True)
+            target_ms=5.0, torch_compile=True, ops=None, bag_modes=None)
 # Operations also run with the skewed (zipf, padding) ids: those whose cost depends on the ids'
 # collisions. The steps add a V x D optimizer pass to fwdbwd that does not.
 SKEW_OPS = ["fwdbwd", "opt_fwdbwd"]
@@ -135,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(forward, dense backward, optax SGD/Adam steps, options, EmbeddingBag, a "
                     "small model's training step). Defaults: the full grid.")
     p.add_argument("--quick", action="store_true",
-                   help="one small shape of each kind, few rounds, no torch.compile (under a "
-                        f"minute): {QUICK}")
+                   help="one small shape of each kind, few rounds, no Adam step, bags in sum "
+                        "and max mode, no torch.compile (about a minute on 2 idle cores)")
     p.add_argument("--V", type=_ints, help="vocabulary sizes, comma-separated")
     p.add_argument("--D", type=_ints, help="row widths")
     p.add_argument("--n", type=_ints, help="tokens per batch")
@@ -146,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skew-ops", type=_names(cases.OPS), default=SKEW_OPS,
                    help="operations also run with the zipf and padding ids (default "
                         "%(default)s; the others run with uniform ids only)")
-    p.add_argument("--ops", type=_names(ops), default=list(ops),
-                   help="operations (default: all): %(default)s")
+    p.add_argument("--ops", type=_names(ops),
+                   help=f"operations (default: all; --quick: all but adam): {list(ops)}")
     p.add_argument("--bag-configs", type=_bag_configs,
                    help="EmbeddingBag configurations V:D:B:L (vocabulary, row width, bags, mean "
                         "bag length), comma-separated (default: the RESULTS.md grid; --quick: "
@@ -336,6 +339,9 @@ def main(argv=None) -> int:
     for key in ("V", "D", "n", "reps", "warmup", "target_ms", "torch_compile"):
         if getattr(args, key) is None:
             setattr(args, key, preset[key])
+    if args.ops is None:
+        args.ops = [op for op in _all_ops() if not (args.quick and op == "adam")]
+    args.bag_modes = preset["bag_modes"]
 
     from jaxembed._src.tools.bench import cases, report, timing
 
@@ -466,7 +472,8 @@ def _run_grid(args, torch, tdev, compile_backend, budget, records, notes, checkp
     bag_ops = [op for op in args.ops if op in bags.OPS]
     configs = args.bag_configs or (bags.QUICK_CONFIGS if args.quick else bags.FULL_CONFIGS)
     for shape, layout, mode, op, n, benches in bags.groups(
-            configs if bag_ops else [], bag_ops, torch, compile_backend, rng):
+            configs if bag_ops else [], bag_ops, torch, compile_backend, rng,
+            args.bag_modes or bags.MODES):
         check_stop()
         dist = f"{layout} {mode}"
         extra = dict(bags=shape.bags, length=shape.length, layout=layout, mode=mode)
