@@ -100,8 +100,7 @@ def test_quick_run_json_is_well_formed_and_every_check_passes(quick_run):
         for mode in ("sum", "max"):
             for op in bags.OPS:
                 assert groups[("float32", f"{layout} {mode}", op)] == {"jaxembed", "torch"}
-    assert groups[("float32", "uniform", model.OP)] == {
-        "jaxembed", "flax.nnx", "flax.nnx -lookup", "torch", "torch -lookup"}
+    assert groups[("float32", "uniform", model.OP)] == {"jaxembed", "flax.nnx", "torch"}
     ids = {t["id"] for t in result["targets"]}
     assert {"fwd_vs_flax_nnx", "fwd_vs_torch", "fwdbwd_vs_torch", "sgd_vs_torch", "padding_idx",
             "scale_grad_by_freq", "max_norm_fwd", "max_norm_fwdbwd", "skew_backward",
@@ -129,6 +128,23 @@ def test_torch_compile_contender_is_checked_and_timed(tmp_path):
     assert all(r["check"]["ok"] and r["median_ms"] > 0 and r["compile_s"] >= 0
                for r in compiled)
     assert "## Compile time" in (tmp_path / "bench.md").read_text()
+
+
+def test_model_step_without_lookup_is_checked_against_float64():
+    # The lookup-free steps (the embedding's share; left out of --quick) against their own two
+    # float64 torch steps; a step given the wrong input fails the check.
+    import dataclasses
+
+    import torch
+
+    cfg = dataclasses.replace(model.FULL, vocab=300, dim=16, heads=2, ffn=32, batch=2, seq=8)
+    benches = model.benches(cfg, torch, None, np.random.default_rng(0))
+    for name in ("flax.nnx -lookup", "torch -lookup"):
+        assert benches[name].check(benches[name].call())["ok"], name
+    wrong = model._checked(benches["torch"], model.reference_losses(
+        torch, cfg, model.init_weights(cfg, np.random.default_rng(0)), *model.make_batch(
+            cfg, np.random.default_rng(1))))
+    assert not wrong.check(wrong.call())["ok"]
 
 
 def test_unavailable_torch_compile_is_reported_with_its_error():

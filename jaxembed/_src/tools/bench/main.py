@@ -30,8 +30,9 @@ import numpy as np
 
 from jaxembed._src.tools.cli import ArgumentParser
 
-# --quick stays under a minute on an idle 2-core machine: no Adam step (no target), bags in two
-# modes (sum and max: the column loop and the segment path), no torch.compile.
+# --quick stays near a minute on an idle 2-core machine: no Adam step (no target), bags in two
+# modes (sum and max: the column loop and the segment path), the model step without the
+# lookup-free variants (no share), no torch.compile.
 QUICK = dict(V=[32768], D=[64], n=[4096], reps=3, warmup=1, target_ms=3.0, torch_compile=False,
              ops=None, bag_modes=("sum", "max"))
 FULL = dict(V=[32768, 1048576], D=[64, 128, 768], n=[4096, 65536], reps=5, warmup=1,
@@ -139,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "small model's training step). Defaults: the full grid.")
     p.add_argument("--quick", action="store_true",
                    help="one small shape of each kind, few rounds, no Adam step, bags in sum "
-                        "and max mode, no torch.compile (about a minute on 2 idle cores)")
+                        "and max mode, the model step without its lookup share, no "
+                        "torch.compile (about a minute on 2 idle cores)")
     p.add_argument("--V", type=_ints, help="vocabulary sizes, comma-separated")
     p.add_argument("--D", type=_ints, help="row widths")
     p.add_argument("--n", type=_ints, help="tokens per batch")
@@ -490,7 +492,8 @@ def _run_grid(args, torch, tdev, compile_backend, budget, records, notes, checkp
     if model.OP in args.ops:
         check_stop()
         cfg = dataclasses.replace(model.QUICK if args.quick else model.FULL, **args.model_config)
-        benches = model.benches(cfg, torch, compile_backend, rng)
+        # --quick: the step times only; the lookup's share needs three more steps compiled.
+        benches = model.benches(cfg, torch, compile_backend, rng, without_lookup=not args.quick)
         recs = _run_group(model.OP, cfg, "uniform", benches, dict(model=cfg.label()), args,
                           meta=dict(V=cfg.vocab, D=cfg.dim, n=cfg.batch * cfg.seq,
                                     dtype="float32"), nbytes=0)

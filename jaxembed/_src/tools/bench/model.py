@@ -254,22 +254,27 @@ def _checked(bench: cases.Bench, ref: list[float], rtol: float = 1e-4) -> cases.
     return cases.Bench(bench.call, check)
 
 
-def benches(cfg: ModelConfig, torch, compile_backend: str | None, rng) -> dict:
-    """``{contender: Bench}`` for the in-model step, with and without the lookup."""
+def benches(cfg: ModelConfig, torch, compile_backend: str | None, rng,
+            without_lookup: bool = True) -> dict:
+    """``{contender: Bench}`` for the in-model step, with and (``without_lookup``) without the
+    lookup."""
     weights = init_weights(cfg, rng)
     ids, labels = make_batch(cfg, rng)
     ref = reference_losses(torch, cfg, weights, ids, labels) if torch is not None else None
     out = {}
     for name in ("jaxembed", "flax.nnx"):
         out[name] = jax_step_bench(cfg, weights, ids, labels, name)
-    out["flax.nnx" + NO_LOOKUP] = jax_step_bench(cfg, weights, ids, labels, None)
+    if without_lookup:
+        out["flax.nnx" + NO_LOOKUP] = jax_step_bench(cfg, weights, ids, labels, None)
     if torch is not None:
         out[cases.TORCH] = torch_step_bench(torch, cfg, weights, ids, labels, True, None)
-        out[cases.TORCH + NO_LOOKUP] = torch_step_bench(torch, cfg, weights, ids, labels, False,
-                                                        None)
+        if without_lookup:
+            out[cases.TORCH + NO_LOOKUP] = torch_step_bench(torch, cfg, weights, ids, labels,
+                                                            False, None)
         if compile_backend:
             out[cases.TORCH_COMPILE] = torch_step_bench(torch, cfg, weights, ids, labels, True,
                                                         compile_backend)
+        if compile_backend and without_lookup:
             out[cases.TORCH_COMPILE + NO_LOOKUP] = torch_step_bench(
                 torch, cfg, weights, ids, labels, False, compile_backend)
     if ref is None:
