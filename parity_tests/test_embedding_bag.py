@@ -171,6 +171,51 @@ def test_forward_float32_bit_exact(mode, padding_idx, layout):
         assert not np.any(got[1])  # so is an empty bag
 
 
+@pytest.mark.parametrize("max_work_per_id", [0, 10**9])  # always segment sums / always the loop
+@pytest.mark.parametrize("mode, padding_idx, weighted, last",
+                         [("mean", 2, False, False), ("sum", None, True, True)])
+def test_offset_bags_loop_and_segment_fallback_match_torch(
+        monkeypatch, max_work_per_id, mode, padding_idx, weighted, last):
+    # Bags cut by offsets are summed by a column loop unless the batch is skewed, then by
+    # segment sums (embedding_bag._MAX_WORK_PER_ID); each path alone must give torch's bits and
+    # gradients, and NaN for a bag with an out-of-range id under jit. Bag lengths 0..11 (more
+    # than one 8-position step; an empty bag; an all-padding bag first).
+    from jaxembed._src.core import embedding_bag as EB
+
+    monkeypatch.setattr(EB, "_MAX_WORK_PER_ID", max_work_per_id)
+    rng = np.random.default_rng(11)
+    w = _table("float32")
+    sizes = [3, 0, 11, 1, 9, 2]
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    ids = rng.integers(0, V, size=sum(sizes) + (4 if last else 0))
+    if last:
+        offsets = np.append(offsets, sum(sizes))
+    if padding_idx is not None:
+        ids[:3] = padding_idx
+    psw = rng.uniform(0.5, 2, size=ids.shape).astype(np.float32) if weighted else None
+    gout = rng.normal(size=(len(sizes), D)).astype(np.float32)
+    kw = dict(mode=mode, padding_idx=padding_idx, include_last_offset=last)
+    t_out, t_grad, _, _ = _torch_bag(ids, w, offsets, "float32", gout=gout, psw=psw, **kw)
+    j_out, j_grad, _ = _jax_bag(ids, w, offsets, gout=gout, psw=psw, **kw)
+    seg, num = _segments(ids, offsets, last)
+    keep = ids != (V if padding_idx is None else padding_idx)
+    scale = _position_scale(mode, seg, keep, num) * (1 if psw is None else np.abs(psw))
+    if psw is None:
+        assert ulp_distance(j_out, t_out) == 0
+    else:  # torch: fma(psw, row, acc); we round psw * row first
+        terms = np.abs(w.astype(np.float64)[ids] * psw[:, None]) * keep[:, None]
+        mag = np.zeros((num, D))
+        np.add.at(mag, seg[seg >= 0], terms[seg >= 0])
+        _assert_within(j_out, t_out, mag, tol.BAG_PSW_BOUND_EPS, exact=False)
+    k = tol.BAG_MEAN_GRAD_BOUND_EPS if mode == "mean" else (
+        tol.BAG_PSW_BOUND_EPS if psw is not None else tol.BAG_SUM_GRAD_BOUND_EPS)
+    _assert_within(j_grad, t_grad, _grad_magnitude(ids, seg, keep, gout, scale), k, exact=False)
+    bad = ids.copy()
+    bad[sum(sizes[:4]) + 1] = V  # in bag 4
+    out = _jax_bag(bad, w, offsets, psw=psw, **kw)[0]
+    assert np.isnan(out[4]).all() and not np.isnan(np.delete(out, 4, axis=0)).any()
+
+
 def test_eager_equals_jit_default_mode_is_mean_negative_padding_idx():
     w = _table("float32")
     ids, offsets, _ = _bags("1d", -1)

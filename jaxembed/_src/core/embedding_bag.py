@@ -10,9 +10,11 @@ Bags. A 2-D ``input`` of shape ``(B, L)`` is B bags of L ids. A 1-D ``input`` of
 to N. With ``include_last_offset`` ``offsets`` has B + 1 entries and positions from
 ``offsets[B]`` on belong to no bag. The number of bags is static (it is the shape of
 ``offsets``) while the offsets are data: each position gets the number of its bag (a segment id)
-and the bags are reduced with segment sums and maxima. Fixed-length bags (2-D input, sum and
-mean) are summed column after column, each step vectorised over all bags, so that XLA fuses the
-gathers into the additions (:func:`_fixed_bag_sum`). No loop runs over bags or over ids.
+and the bags are reduced with segment sums and maxima. Sums and means (no ``max_norm``) are
+instead summed column after column: step ``j`` adds the ``j``-th row of every bag at once, so
+XLA fuses the gathers into the additions and never stores the N gathered rows
+(:func:`_fixed_bag_sum` for 2-D input, :func:`_offset_bag_sum` for bags cut by offsets, whose
+number of steps is the longest bag's length). No loop runs over bags or over ids.
 """
 
 from __future__ import annotations
@@ -237,6 +239,145 @@ def _fixed_bag_sum_jvp(rule, primals, tangents):
     return _fixed_bag_sum(rule, weight, per_sample_weights, ids), total_dot.astype(weight.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class _OffsetSumRule:
+    """Static part of a sum over bags cut by offsets (hashable for custom_jvp)."""
+
+    padding_idx: int | None
+    scale_grad_by_freq: bool
+    include_last_offset: bool
+
+
+# Rows added per step of the offsets loop (one fused kernel per step): fewer steps re-read and
+# re-write the (B, D) running sums less often; more waste more work on bags already finished.
+# 8 was the fastest of 4, 8, 16, 32 (benchmarks/investigations/bag_ab.py, logs/bag_ab.txt).
+_STEP = 8
+# The loop does (number of bags) x (longest bag) steps' work where a segment sum does N: past
+# this much work per id a skewed batch (one long bag among short ones) takes the segment sum.
+_MAX_WORK_PER_ID = 4
+
+
+def _bag_sizes(offsets: jax.Array, num_inputs: int, include_last_offset: bool) -> jax.Array:
+    """Each bag's number of positions (``_offset_bags(...).sizes`` without the segment ids)."""
+    offsets = offsets.astype(jnp.int32)
+    num_bags = offsets.shape[0] - 1 if include_last_offset else offsets.shape[0]
+    ends = offsets[1:] if include_last_offset else jnp.append(offsets[1:], num_inputs)
+    return ends[:num_bags] - offsets[:num_bags]
+
+
+def _in_bounds(x: jax.Array, index: jax.Array) -> jax.Array:
+    """``x[index]`` for indices known to be in range (no bounds code in the fused loop)."""
+    return x.at[index].get(mode="promise_in_bounds", wrap_negative_indices=False)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _offset_bag_sum(rule: _OffsetSumRule, weight, per_sample_weights, ids, offsets):
+    """Sum of each bag of a 1-D input cut by ``offsets``, left to right, and each bag's number
+    of non-padding positions: ``(total (B, D) in weight's dtype, count (B,) int32)``.
+
+    Step ``j`` adds position ``offsets[b] + j`` of every bag ``b`` still that long, so the
+    gathers fuse into the additions (as in :func:`_fixed_bag_sum`) and the N gathered rows are
+    never stored; the number of steps is the longest bag's length (a while loop). Each bag is
+    summed from 0 in input order, which is torch's order (bit-exact). A batch so skewed that the
+    loop would do more than ``_MAX_WORK_PER_ID`` times the work of a segment sum takes the
+    segment sum instead (same order, same bits).
+
+    Under jit an out-of-range id makes its bag NaN; the fill-mode gather of flags that detects
+    it is what ``checkify.index_checks`` reports, as for ``functional.embedding``.
+    """
+    num_inputs, num_embeddings = ids.shape[0], weight.shape[0]
+    sizes = _bag_sizes(offsets, num_inputs, rule.include_last_offset)
+    b, d = sizes.shape[0], weight.shape[1]
+    starts = offsets[:b].astype(jnp.int32)
+    acc = jnp.promote_types(weight.dtype, jnp.float32)
+    check = isinstance(ids, jax.core.Tracer)  # concrete ids were checked (torch's error)
+    zeros = (jnp.zeros((b, d), acc), jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool))
+
+    def out_of_range(ids):
+        return jnp.zeros((num_embeddings,), bool).at[ids].get(
+            mode="fill", fill_value=True, wrap_negative_indices=False
+        )
+
+    def add_steps(c, state):
+        # Positions c*_STEP .. c*_STEP + _STEP - 1 of every bag: their ids, validity and checks
+        # as one (B, _STEP) block (one small kernel), then one fused gather-and-add pass.
+        total, count, bad = state
+        j = c * _STEP + jnp.arange(_STEP, dtype=jnp.int32)
+        valid = j < sizes[:, None]
+        pos = jnp.clip(starts[:, None] + j, 0, num_inputs - 1)
+        block = jnp.where(valid, _in_bounds(ids, pos), 0)
+        if check:
+            oob = (block < 0) | (block >= num_embeddings)
+            bad = bad | jnp.any(oob, axis=1)
+            block = jnp.where(oob, 0, block)
+        if rule.padding_idx is not None:
+            count = count + jnp.sum(valid & (block != rule.padding_idx), axis=1, dtype=jnp.int32)
+        psw = None
+        if per_sample_weights is not None:
+            psw = _in_bounds(per_sample_weights, pos)
+        for k in range(_STEP):
+            rows = _in_bounds(weight, block[:, k])
+            term = _summands(rows, block[:, k], None if psw is None else psw[:, k],
+                             rule.padding_idx)
+            total = jnp.where(valid[:, k, None], total + term, total)
+        return total, count, bad
+
+    def loop(_):
+        steps = (jnp.max(sizes) + _STEP - 1) // _STEP
+        return jax.lax.fori_loop(0, steps, add_steps, zeros)
+
+    def segments(_):
+        bags = _offset_bags(offsets, num_inputs, rule.include_last_offset)
+        safe, bad = ids, zeros[2]
+        if check:
+            oob = out_of_range(ids)
+            safe, bad = jnp.where(oob, 0, ids), bags.max(oob)
+        rows = _in_bounds(weight, safe)
+        total = bags.sum(_summands(rows, safe, per_sample_weights, rule.padding_idx))
+        count = zeros[1]
+        if rule.padding_idx is not None:
+            count = bags.sum((safe != rule.padding_idx).astype(jnp.int32))
+        return total, count, bad
+
+    if num_inputs == 0 or b == 0:
+        total, count, bad = zeros
+    else:
+        work = b * (jnp.max(sizes).astype(jnp.float32) + _STEP)
+        total, count, bad = jax.lax.cond(
+            work <= float(_MAX_WORK_PER_ID * num_inputs), loop, segments, None
+        )
+    total = total.astype(weight.dtype)
+    if check:
+        # The loop tests the ids with compares (cheap inside its fused steps); this gather of
+        # flags over all ids is what checkify.index_checks reports.
+        bad = bad & jnp.any(out_of_range(ids))
+        total = jnp.where(bad[:, None], jnp.nan, total)
+    return total, (sizes if rule.padding_idx is None else count)
+
+
+@_offset_bag_sum.defjvp
+def _offset_bag_sum_jvp(rule, primals, tangents):
+    # As _fixed_bag_sum_jvp: the tangent of the plain formulation (functional.embedding, whose
+    # custom_jvp holds the padding and scale_grad_by_freq rules, then a segment sum).
+    weight, per_sample_weights, ids, offsets = primals
+    weight_dot, psw_dot, _, _ = tangents
+    bags = _offset_bags(offsets, ids.shape[0], rule.include_last_offset)
+
+    def plain(weight, per_sample_weights):
+        rows = F.embedding(
+            ids, weight, rule.padding_idx, scale_grad_by_freq=rule.scale_grad_by_freq
+        )
+        return bags.sum(_summands(rows, ids, per_sample_weights, rule.padding_idx))
+
+    if per_sample_weights is None:
+        _, total_dot = jax.jvp(lambda w: plain(w, None), (weight,), (weight_dot,))
+    else:
+        _, total_dot = jax.jvp(plain, (weight, per_sample_weights), (weight_dot, psw_dot))
+    total, count = _offset_bag_sum(rule, weight, per_sample_weights, ids, offsets)
+    count_dot = np.zeros(count.shape, jax.dtypes.float0)
+    return (total, count), (total_dot.astype(weight.dtype), count_dot)
+
+
 def _reduce(rows, ids, bags: _Bags, mode: str, per_sample_weights, padding_idx, num_embeddings):
     """Reduces ``rows`` (N, D) into ``(num_bags, D)``; padding positions take no part."""
     if mode == "max":
@@ -252,15 +393,16 @@ def _reduce(rows, ids, bags: _Bags, mode: str, per_sample_weights, padding_idx, 
     return _finish(total, ids, bags, mode, padding_idx)
 
 
-def _finish(total, ids, bags: _Bags, mode: str, padding_idx):
-    """The bag sums as the output of ``mode``: the sum itself, or the mean."""
+def _finish(total, ids, bags: _Bags, mode: str, padding_idx, count=None):
+    """The bag sums as the output of ``mode``: the sum itself, or the mean (``count``: each
+    bag's number of non-padding positions, when known already)."""
     if mode == "sum":
         return total
-    if padding_idx is None:
+    if count is None and padding_idx is None:
         count = bags.sizes
-    elif bags.length is not None:
+    elif count is None and bags.length is not None:
         count = jnp.sum(ids.reshape(-1, bags.length) != padding_idx, axis=1, dtype=jnp.int32)
-    else:
+    elif count is None:
         count = bags.sum((ids != padding_idx).astype(jnp.int32))
     return _divide_by_size(total, jnp.maximum(count, 1))
 
@@ -311,6 +453,14 @@ def embedding_bag_and_renorm(
         rule = _FixedSumRule(padding_idx, bool(scale_grad_by_freq))
         total = _fixed_bag_sum(rule, weight, psw, ids)
         out = _finish(total, ids.reshape(-1), bags, mode, padding_idx)
+        return out, weight
+    if offsets is not None and mode != "max" and max_norm is None:
+        # Bags cut by offsets: the fused sum too (no stored N x D rows).
+        rule = _OffsetSumRule(padding_idx, bool(scale_grad_by_freq), bool(include_last_offset))
+        total, count = _offset_bag_sum(rule, weight, psw, ids, offsets)
+        out = _finish(total, ids, bags, mode, padding_idx, count)
+        if bags.ok is not None:
+            out = _nan_unless(bags.ok, out, offsets)
         return out, weight
     ids = ids.reshape(-1)
     rows, new_weight = F.embed_and_renorm(

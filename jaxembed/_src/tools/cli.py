@@ -6,8 +6,18 @@ stays fast and torch is imported only by the jobs that compare against it.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the subcommands: a usage mistake is one line, ``prog: error: message``
+    (naming the argument), and exit status 2, without the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
 
 # name -> ("module:function", one-line help). The function takes argv (a list) and returns an
 # exit status.

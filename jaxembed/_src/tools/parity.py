@@ -12,12 +12,13 @@ usage error.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import json
 import math
+import os
 import sys
+import tempfile
 import time
 from typing import Callable
 
@@ -29,6 +30,7 @@ import numpy as np
 from jaxembed._src.core import functional as F
 from jaxembed._src import interop, tolerances
 from jaxembed._src.tolerances import Tolerance
+from jaxembed._src.tools.cli import ArgumentParser
 
 NP_DTYPES = {
     "float32": np.float32,
@@ -350,8 +352,33 @@ def _json_safe(d: dict) -> dict:
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}
 
 
+def _check_json_path(parser, path: str) -> None:
+    """``--json`` must name a file we can write, checked before any case runs (exit 2)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        parser.error(f"argument --json: {path!r} is a directory, not a file")
+    if not os.path.isdir(parent):
+        parser.error(f"argument --json: directory {parent!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        parser.error(f"argument --json: directory {parent!r} is not writable")
+
+
+def _write_json(path: str, data: dict) -> None:
+    # A temporary file renamed over the target: an interrupted write leaves no half JSON.
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp",
+                               prefix=f".{os.path.basename(path)}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="jaxembed parity",
         description="Compare jaxembed with torch on the current JAX backend and print a table.",
     )
@@ -360,6 +387,8 @@ def main(argv=None) -> int:
                         help="run only cases whose name contains SUBSTRING (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the case names and exit")
     args = parser.parse_args(argv)
+    if args.json:
+        _check_json_path(parser, args.json)
 
     cases = default_cases()
     if args.filter:
@@ -391,12 +420,11 @@ def main(argv=None) -> int:
     failed = [r for r in results if not r.passed]
     print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({
-                "backend": backend,
-                "device": jax.devices()[0].device_kind,
-                "torch_device": device,
-                "results": [_json_safe(dataclasses.asdict(r)) for r in results],
-            }, f, indent=2)
+        _write_json(args.json, {
+            "backend": backend,
+            "device": jax.devices()[0].device_kind,
+            "torch_device": device,
+            "results": [_json_safe(dataclasses.asdict(r)) for r in results],
+        })
         print(f"wrote {args.json}")
     return 1 if failed else 0
