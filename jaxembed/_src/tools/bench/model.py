@@ -129,13 +129,13 @@ def jax_model(cfg: ModelConfig, weights: dict, embed: str | None):
                 table = jaxembed.Embed.from_pretrained(np.array(weights["tok"]), freeze=False)
             elif embed == "flax.nnx":
                 table = nnx.Embed(cfg.vocab, cfg.dim, rngs=nnx.Rngs(0))
-                table.embedding.value = jnp.array(weights["tok"], copy=True)
+                table.embedding.set_value(jnp.array(weights["tok"], copy=True))
             self.embed = nnx.data(table)
 
         def __call__(self, x):
             if self.embed is not None:
                 x = self.embed(x)
-            p = {k: self.p[k.replace(".", "_")].value for k in weights if k != "tok"}
+            p = {k: self.p[k.replace(".", "_")].get_value() for k in weights if k != "tok"}
             return _jax_encoder(p, x, cfg)
 
     return Encoder()
