@@ -22,7 +22,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxembed._src.core import functional as F
 from jaxembed._src.core import validation
@@ -57,9 +56,9 @@ def _fixed_bags(num_bags: int, length: int) -> _Bags:
     return _Bags(num_bags, seg, jnp.full((num_bags,), length, jnp.int32), None, length)
 
 
-def _offset_bags(offsets: jax.Array, num_inputs: int, include_last_offset: bool) -> _Bags:
-    """1-D input cut at ``offsets`` (validated already when concrete)."""
-    offsets = offsets.astype(jnp.int32)
+def _offset_bags(offsets: jax.Array, ok, num_inputs: int, include_last_offset: bool) -> _Bags:
+    """1-D input cut at ``offsets`` (``validation.offsets``: int32, checked already when concrete;
+    ``ok`` says whether traced ones are valid)."""
     num_offsets = offsets.shape[0]
     num_bags = num_offsets - 1 if include_last_offset else num_offsets
     # seg[i] = (number of offsets <= i) - 1: a scatter of ones at the offsets and a prefix sum,
@@ -71,28 +70,32 @@ def _offset_bags(offsets: jax.Array, num_inputs: int, include_last_offset: bool)
     seg = jnp.where((seg < 0) | (seg > num_bags), num_bags, seg)  # only with invalid offsets
     ends = offsets[1:] if include_last_offset else jnp.append(offsets[1:], num_inputs)
     sizes = ends[:num_bags] - offsets[:num_bags]
-    ok = None
-    if isinstance(offsets, jax.core.Tracer) and num_offsets > 0:
-        ok = (
-            (offsets[0] == 0)
-            & (offsets[-1] <= num_inputs)
-            & jnp.all(offsets[1:] >= offsets[:-1])
-        )
     return _Bags(num_bags, seg, sizes, ok)
 
 
+@jax.custom_jvp
 def _nan_unless(ok: jax.Array, out: jax.Array, flag_source: jax.Array) -> jax.Array:
-    """``out`` where ``ok``, else NaN everywhere, reported by ``checkify.index_checks``.
+    """``out`` where ``ok``, else NaN everywhere, reported by ``checkify.index_checks``; the
+    gradient is zero where not ``ok``.
 
     The NaN comes from an out-of-bounds fill-mode gather from ``flag_source`` (the offsets), so
     that ``checkify.checkify(f, errors=checkify.index_checks)`` reports invalid offsets the way
-    it reports out-of-range ids. Multiplying by 1 keeps every other value's bits.
+    it reports out-of-range ids. Multiplying by 1 keeps every other value's bits. The tangent is
+    ``out``'s, zeroed when not ``ok`` (the derivative of ``out * NaN`` would put NaN into the
+    table's gradient, and one optimizer step would poison the table).
     """
     index = jnp.where(ok, 0, flag_source.shape[0])
     flag = jnp.ones(flag_source.shape, out.dtype).at[index].get(
         mode="fill", fill_value=jnp.nan, wrap_negative_indices=False
     )
     return out * flag
+
+
+@_nan_unless.defjvp
+def _nan_unless_jvp(primals, tangents):
+    ok, out, flag_source = primals
+    _, out_dot, _ = tangents
+    return _nan_unless(ok, out, flag_source), jnp.where(ok, out_dot, jnp.zeros((), out_dot.dtype))
 
 
 @jax.custom_jvp
@@ -278,10 +281,17 @@ def embedding_bag_and_renorm(
     padding_idx: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """:func:`embedding_bag` plus the table torch holds afterwards (see ``embed_and_renorm``)."""
-    input_shape = tuple(np.shape(input))
+    weight = validation.table(weight, "weight")
     validation.check_bag_weight(weight)
-    weight = jnp.asarray(weight)
+    validation.check_rows_unsharded(
+        weight,
+        "EmbeddingBag",
+        "the bag reduction has no vocab-parallel variant yet. Replicate the table's rows for "
+        "the bag (e.g. P(None, None)), or look the rows up with jaxembed.Embed (vocab-parallel) "
+        "and reduce them yourself.",
+    )
     ids, offsets = validation.check_bag_inputs(input, offsets, include_last_offset)
+    input_shape = tuple(ids.shape)
     validation.check_bag_mode(mode, scale_grad_by_freq)
     psw = validation.check_per_sample_weights(per_sample_weights, input_shape, weight.dtype, mode)
     num_embeddings = weight.shape[0]
@@ -289,10 +299,10 @@ def embedding_bag_and_renorm(
     if offsets is None:
         bags = _fixed_bags(*ids.shape)
     else:
-        validation.check_offsets(offsets, ids.shape[0])
-        bags = _offset_bags(offsets, ids.shape[0], include_last_offset)
-    validation.check_bag_in_range(ids, num_embeddings)
-    if offsets is None and mode != "max" and max_norm is None:
+        offsets, ok = validation.offsets(offsets, ids.shape[0])
+        bags = _offset_bags(offsets, ok, ids.shape[0], include_last_offset)
+    ids = validation.ids(ids, num_embeddings, bag=True)
+    if offsets is None and mode != "max" and max_norm is None and num_embeddings > 0:
         # Fixed-length bags: the fused sum (same numbers and gradients, fewer bytes moved).
         rule = _FixedSumRule(padding_idx, bool(scale_grad_by_freq))
         total = _fixed_bag_sum(rule, weight, psw, ids)

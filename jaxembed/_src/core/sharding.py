@@ -40,7 +40,6 @@ from flax import linen as nn
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from jaxembed._src.core import functional as F
-from jaxembed._src.core import validation
 
 # ---------------------------------------------------------------------------------------------
 # Specs and meshes
@@ -405,10 +404,8 @@ def vocab_parallel_embedding_renorm(
     weight, input, max_norm: float, norm_type: float = 2.0, *, vocab_axis, mesh=None
 ) -> jax.Array:
     """:func:`jaxembed.functional.embedding_renorm` on a row-sharded table; stays sharded."""
-    validation.check_weight(weight)
-    ids = validation.check_indices(input)
-    validation.check_in_range(ids, jnp.shape(weight)[0])
-    layout, ids, weight = _place(ids, jnp.asarray(weight), vocab_axis, None, mesh)
+    ids, weight, _ = F._prepare(input, weight, None)
+    layout, ids, weight = _place(ids, weight, vocab_axis, None, mesh)
     return layout.renorm(weight, ids, max_norm, norm_type)[1]
 
 
