@@ -26,6 +26,7 @@ from jax.sharding import AxisType, PartitionSpec as P
 import jaxembed
 import jaxembed.functional as F
 from jaxembed import interop, sparse
+from measure_tolerances import relative_to_weights, schedule_lr, sparse_trajectories
 from tolerances import ON_CPU, SPARSE_MOMENTUM_EPS, SPARSE_SCHEDULE_SGD_EPS
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse invariant checks")
@@ -522,43 +523,12 @@ def test_traced_max_norm_or_norm_type_is_refused_by_name(name):
         jax.jit(lambda x: F.embedding_bag(jnp.array([[1]]), W, **{**kw, name: x}))(1.0)
 
 
-V, D, PAD, STEPS = 13, 19, 2, 12
+V, STEPS = 13, 12
 
 
-def _schedule_trajectories(torch_opt, tx, schedule, shape, seed=0, **kw):
+def _schedule_trajectories(torch_opt, tx, schedule, shape, seed=0):
     """torch with its lr set, before each step, to the value the schedule gives jaxembed."""
-    g = torch.Generator().manual_seed(seed)
-    ids = [torch.randint(0, V, shape, generator=g) for _ in range(STEPS)]
-    gouts = [torch.randn(*shape, D, generator=g) for _ in ids]
-    w0 = torch.randn(V, D, generator=g)
-    e = torch.nn.Embedding(V, D, padding_idx=PAD, sparse=True)
-    with torch.no_grad():
-        e.weight.copy_(w0)
-    opt = torch_opt(e.parameters(), lr=1.0, **kw)
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(table, state, ids, gout):
-        rows = F.embedding(ids, table, padding_idx=PAD, sparse=True)
-        row_grads = sparse.row_gradients(ids, jax.grad(lambda r: jnp.sum(r * gout))(rows), V, PAD)
-        return tx.update(row_grads, state, table)
-
-    table = jnp.asarray(w0.numpy())
-    state = tx.init(table)
-    ref, got = [], []
-    for t, (b, go) in enumerate(zip(ids, gouts)):
-        for group in opt.param_groups:  # optax evaluates the schedule on the int32 step count
-            group["lr"] = float(np.asarray(schedule(jnp.asarray(t, jnp.int32))))
-        opt.zero_grad()
-        e(b).backward(go)
-        opt.step()
-        table, state = step(table, state, jnp.asarray(b.numpy()), jnp.asarray(go.numpy()))
-        ref.append(e.weight.detach().numpy().copy())
-        got.append(np.asarray(table))
-    return ref, got
-
-
-def _max_rel(ref, got):
-    return max(float((np.abs(a - b) / (np.abs(a) + 1)).max()) for a, b in zip(ref, got)) / EPS32
+    return sparse_trajectories(torch_opt, tx, schedule_lr(schedule), V, shape, seed, STEPS)
 
 
 SCHEDULES = {
@@ -575,15 +545,16 @@ def test_sparse_sgd_follows_optax_schedules(schedule):
     one extra rounding per entry (a constant schedule stays bit-exact)."""
     sched = SCHEDULES[schedule]
     ref, got = _schedule_trajectories(torch.optim.SGD, sparse.sgd(sched), sched, (5, 20))
-    err = _max_rel(ref, got)
+    err = relative_to_weights(ref, got)
     print(f"sgd {schedule}: {err:.3g} eps*(|w|+1)")
     if schedule == "constant" and ON_CPU:
         assert err == 0
     assert err <= SPARSE_SCHEDULE_SGD_EPS
     ref, got = _schedule_trajectories(
-        torch.optim.SGD, sparse.sgd(sched, momentum=0.9), sched, (2, 8), momentum=0.9
+        functools.partial(torch.optim.SGD, momentum=0.9), sparse.sgd(sched, momentum=0.9), sched,
+        (2, 8),
     )
-    assert _max_rel(ref, got) <= SPARSE_MOMENTUM_EPS
+    assert relative_to_weights(ref, got) <= SPARSE_MOMENTUM_EPS
 
 
 @pytest.mark.skipif(not ON_CPU, reason="torch's MKL sqrt is a CPU kernel")

@@ -116,8 +116,9 @@ def _coalesce(grad: SparseRows, num_embeddings: int) -> _Coalesced:
 
     Sums run in input order (XLA:CPU's sequential scatter-add, started from -0.0 so that a single
     entry is copied bit for bit). torch sums in the order of its (unstable) sort's permutation,
-    which is input order for up to 16 entries and differs beyond: sums of 17+ duplicates may
-    differ from torch's in the last bits.
+    which is input order while the gradient has at most 16 entries (in total, not per id) and
+    differs beyond: then an id's sum is within ``(k - 1) * eps * sum|g|`` of torch's (k: its
+    count), the bound for two orders of one sum (measured in ``test_bad_inputs.py``).
     """
     ids = jnp.where(_valid(grad.ids, num_embeddings), grad.ids, num_embeddings)
     n = ids.shape[0]
@@ -376,8 +377,11 @@ def sparse_adam(
 
     Differences in the last bits: torch's CPU float32 ``sqrt`` (MKL) is 1 ulp off the correctly
     rounded one on ~20% of elements, the step size is computed in float32 unless
-    ``jax_enable_x64`` is on, and torch sums 17+ duplicates in its sort's order (bounds measured
-    in the parity tests).
+    ``jax_enable_x64`` is on, and with more than 16 entries in the gradient torch sums
+    duplicates in its sort's order (see :func:`_coalesce`; bounds measured in the parity tests).
+
+    ``lr``: a number, or an optax schedule of the step count (optax's convention: evaluated on
+    the number of updates applied before); its value enters the step size exactly.
     """
     lr = _check_lr(lr, positive=True)
     if not 0.0 < eps:
@@ -450,7 +454,8 @@ def adagrad(
     Per update: ``t += 1``, ``clr = lr / (1 + (t - 1) * lr_decay)``; the gradient is coalesced;
     for each present row ``s += g*g``, ``p = fma(g / (sqrt(s) + eps), -clr, p)``. Absent rows
     are untouched. ``weight_decay`` raises torch's error. Same last-bit caveats as
-    :func:`sparse_adam` (sqrt, float32 ``clr`` without x64, 17+ duplicates).
+    :func:`sparse_adam` (sqrt, float32 ``clr`` without x64, the coalesce order beyond 16
+    entries). ``lr``: a number or an optax schedule, as in :func:`sparse_adam`.
     """
     lr = _check_lr(lr)
     if not 0.0 <= lr_decay:
