@@ -4,6 +4,8 @@
     python parity_tests/measure_tolerances.py trajectory   # max K of K * eps * max|w| per run
     python parity_tests/measure_tolerances.py gradient     # ulp / K of the table gradients
     python parity_tests/measure_tolerances.py encoder      # MiniLM: f32-vs-f64 error ratios
+    python parity_tests/measure_tolerances.py sparse       # sparse optimizers, eps*(|w|+1)
+    python parity_tests/measure_tolerances.py sparse-exact #   ... with torch's sqrt and x64
 
 Run from the repository root with jaxembed importable (pip install -e . or PYTHONPATH=.).
 """
@@ -151,6 +153,118 @@ def encoder(batches=16):
     print("worst:", {k: round(float(v), 3) for k, v in worst.items()})
 
 
+def sparse_trajectories(torch_opt, tx, lr_at, v, shape, seed, steps=12, pad=2, d=19):
+    """The tables after each of ``steps`` sparse steps, torch's and jaxembed's (jitted, donated)
+    on the same random batches. ``lr_at(t)``: the lr torch uses at step t (jaxembed's schedule
+    value, or its constant lr)."""
+    import functools
+
+    from jaxembed import sparse
+
+    g = torch.Generator().manual_seed(seed)
+    ids = [torch.randint(0, v, shape, generator=g) for _ in range(steps)]
+    gouts = [torch.randn(*shape, d, generator=g) for _ in ids]
+    w0 = torch.randn(v, d, generator=g)
+    e = torch.nn.Embedding(v, d, padding_idx=pad, sparse=True)
+    with torch.no_grad():
+        e.weight.copy_(w0)
+    opt = torch_opt(e.parameters(), lr=1.0)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(table, state, ids, gout):
+        rows = F.embedding(ids, table, padding_idx=pad, sparse=True)
+        grads = sparse.row_gradients(ids, jax.grad(lambda r: jnp.sum(r * gout))(rows), v, pad)
+        return tx.update(grads, state, table)
+
+    table = jnp.asarray(w0.numpy())
+    state = tx.init(table)
+    ref, got = [], []
+    for t, (b, go) in enumerate(zip(ids, gouts)):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(t)
+        opt.zero_grad()
+        e(b).backward(go)
+        opt.step()
+        table, state = step(table, state, jnp.asarray(b.numpy()), jnp.asarray(go.numpy()))
+        ref.append(e.weight.detach().numpy().copy())
+        got.append(np.asarray(table))
+    return ref, got
+
+
+def relative_to_weights(ref, got) -> float:
+    """max |got - ref| / (eps(float32) * (|ref| + 1)) over a trajectory."""
+    worst = max(float((np.abs(a - b) / (np.abs(a) + 1)).max()) for a, b in zip(ref, got))
+    return worst / eps_of(np.float32)
+
+
+def schedule_lr(schedule):
+    """torch's lr at step t: the schedule's value on optax's int32 step count."""
+    return lambda t: float(np.asarray(schedule(jnp.asarray(t, jnp.int32))))
+
+
+def _sparse_run(*args):
+    ref, got = sparse_trajectories(*args)
+    return relative_to_weights(ref, got), all((a == b).all() for a, b in zip(ref, got))
+
+
+def sparse_optimizers(exact_env=False):
+    """SparseAdam / Adagrad against torch for batches of 8 to 400 ids (torch's coalesce() keeps
+    input order only up to 16 entries), and SGD with optax schedules (a traced lr rounds lr * g
+    per entry). ``exact_env``: torch's sqrt substituted and x64 on, leaving only the order."""
+    import itertools
+
+    import optax
+
+    from jaxembed import sparse
+    from jaxembed._src.core import sparse_optim
+
+    if exact_env:
+        def torch_sqrt(x):
+            def host(a):
+                return torch.sqrt(torch.from_numpy(np.ascontiguousarray(a))).numpy()
+
+            return jax.pure_callback(host, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+
+        sparse_optim._sqrt = torch_sqrt
+        jax.config.update("jax_enable_x64", True)
+    worst = {}
+    for v, n, seed, lr, name in itertools.product(
+        [13, 50], [8, 16, 17, 40, 100, 400], range(4), [0.01, 0.05, 0.1, 0.5], ["adam", "adagrad"]
+    ):
+        if name == "adam":
+            tx, make = sparse.sparse_adam(lr), torch.optim.SparseAdam
+        else:
+            tx, make = sparse.adagrad(lr), torch.optim.Adagrad
+        err, exact = _sparse_run(make, tx, lambda t, lr=lr: lr, v, (n,), seed)
+        key = (name, "<= 16 ids" if n <= 16 else "> 16 ids")
+        w = worst.setdefault(key, [0.0, True, None])
+        if err > w[0]:
+            w[0], w[2] = err, (v, n, seed, lr)
+        w[1] &= exact
+    schedules = {
+        "exponential": optax.exponential_decay(0.1, 1, 0.9),
+        "cosine": optax.cosine_decay_schedule(0.5, 12),
+        "linear": optax.linear_schedule(0.3, 0.01, 12),
+    }
+    shapes = [(2, 8), (5, 20), (40,)]
+    for (sname, sched), shape, seed in itertools.product(schedules.items(), shapes, range(3)):
+        lr_at = schedule_lr(sched)
+        err, exact = _sparse_run(torch.optim.SGD, sparse.sgd(sched), lr_at, 13, shape, seed)
+        w = worst.setdefault(("sgd", sname), [0.0, True, None])
+        if err > w[0]:
+            w[0], w[2] = err, (13, shape, seed)
+        w[1] &= exact
+    for (name, kind), (err, exact, where) in sorted(worst.items()):
+        print(f"sparse {name:<8} {kind:<12} max {err:.3f} eps*(|w|+1)  all bit-exact {exact}  "
+              f"worst at (V, n, seed, lr) {where}")
+
+
 if __name__ == "__main__":
-    {"renorm": renorm, "trajectory": trajectory, "gradient": gradient,
-     "encoder": encoder}[sys.argv[1]]()
+    {
+        "renorm": renorm,
+        "trajectory": trajectory,
+        "gradient": gradient,
+        "sparse": sparse_optimizers,
+        "sparse-exact": lambda: sparse_optimizers(exact_env=True),
+        "encoder": encoder,
+    }[sys.argv[1]]()

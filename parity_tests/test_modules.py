@@ -160,7 +160,7 @@ def test_frozen_table_is_not_a_param():
     m = jaxembed.Embed.from_pretrained(np.ones((3, 2), np.float32))
     assert isinstance(m.embedding, jaxembed.FrozenParam)
     assert not jax.tree.leaves(nnx.state(m, nnx.Param))
-    assert isinstance(jaxembed.Embed.from_pretrained(np.ones((3, 2)), freeze=False).embedding,
+    assert isinstance(jaxembed.Embed.from_pretrained(np.ones((3, 2), np.float32), freeze=False).embedding,
                       nnx.Param)
     lm = jl.Embed.from_pretrained(np.ones((3, 2), np.float32))
     variables = lm.init(jax.random.key(0), jnp.array([0]))
@@ -235,7 +235,7 @@ def test_from_pretrained_needs_2d(shape):
 
 
 def test_from_pretrained_integer_table():
-    w = np.arange(6).reshape(3, 2)
+    w = np.arange(6, dtype=np.int32).reshape(3, 2)  # int64 needs x64 (never truncated)
     with pytest.raises(RuntimeError, match="Only Tensors of floating point"):
         torch.nn.Embedding.from_pretrained(torch.from_numpy(w), freeze=False)
     with pytest.raises(RuntimeError, match="Only Tensors of floating point"):

@@ -52,6 +52,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from jaxembed._src.core.arrays import is_torch as _is_torch
+from jaxembed._src.core.arrays import torch_to_numpy  # noqa: F401 (re-exported: tools use it)
 from jaxembed._src.linen import embed as linen_embed
 from jaxembed._src.linen import embedding_bag as linen_bag
 from jaxembed._src.nnx.embed import Embed, FrozenParam
@@ -73,23 +75,6 @@ _SAFETENSORS_DTYPES = {
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U64": np.uint64,
     "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
 }
-
-
-def _is_torch(obj, name: str) -> bool:
-    # Checks the type by module name, so that torch is never imported to answer "is it torch?".
-    return any(
-        c.__module__.startswith("torch") and c.__name__ == name for c in type(obj).__mro__
-    )
-
-
-def torch_to_numpy(tensor) -> np.ndarray:
-    """A torch tensor (any device) as a numpy array with the same bits (bfloat16 via ml_dtypes)."""
-    import torch
-
-    t = tensor.detach().cpu()
-    if t.dtype == torch.bfloat16:
-        return t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return t.numpy().copy()
 
 
 def numpy_to_torch(array, device=None):

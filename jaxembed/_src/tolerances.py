@@ -19,7 +19,12 @@ import numpy as np
 BACKENDS = ("cpu", "gpu", "tpu")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 
-# Forward gather: bit-exact on every backend and dtype (a gather copies bits).
+# Forward gather: bit-exact on every backend and dtype (a gather copies bits). bfloat16 and
+# float16 are gathered as bytes: XLA:CPU's fill-mode bfloat16 gather computes its select in
+# float32 and, like a fused uint16 -> bfloat16 bitcast, canonicalised NaN payloads (0x7FC1 ->
+# 0x7FC0, 0x7F81 -> 0x7FC0); as bytes every bit is kept (parity_tests/test_bad_inputs.py). With
+# max_norm the rows are products (row * scale, scale 1 for kept rows), where XLA:CPU canonicalises
+# NaN payloads and flushes subnormals to zero (torch keeps those rows untouched).
 FORWARD_ULP = 0
 
 

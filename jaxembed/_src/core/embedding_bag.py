@@ -59,9 +59,9 @@ def _fixed_bags(num_bags: int, length: int) -> _Bags:
     return _Bags(num_bags, seg, jnp.full((num_bags,), length, jnp.int32), None, length)
 
 
-def _offset_bags(offsets: jax.Array, num_inputs: int, include_last_offset: bool) -> _Bags:
-    """1-D input cut at ``offsets`` (validated already when concrete)."""
-    offsets = offsets.astype(jnp.int32)
+def _offset_bags(offsets: jax.Array, ok, num_inputs: int, include_last_offset: bool) -> _Bags:
+    """1-D input cut at ``offsets`` (``validation.offsets``: int32, checked already when concrete;
+    ``ok`` says whether traced ones are valid)."""
     num_offsets = offsets.shape[0]
     num_bags = num_offsets - 1 if include_last_offset else num_offsets
     # seg[i] = (number of offsets <= i) - 1: a scatter of ones at the offsets and a prefix sum,
@@ -73,28 +73,32 @@ def _offset_bags(offsets: jax.Array, num_inputs: int, include_last_offset: bool)
     seg = jnp.where((seg < 0) | (seg > num_bags), num_bags, seg)  # only with invalid offsets
     ends = offsets[1:] if include_last_offset else jnp.append(offsets[1:], num_inputs)
     sizes = ends[:num_bags] - offsets[:num_bags]
-    ok = None
-    if isinstance(offsets, jax.core.Tracer) and num_offsets > 0:
-        ok = (
-            (offsets[0] == 0)
-            & (offsets[-1] <= num_inputs)
-            & jnp.all(offsets[1:] >= offsets[:-1])
-        )
     return _Bags(num_bags, seg, sizes, ok)
 
 
+@jax.custom_jvp
 def _nan_unless(ok: jax.Array, out: jax.Array, flag_source: jax.Array) -> jax.Array:
-    """``out`` where ``ok``, else NaN everywhere, reported by ``checkify.index_checks``.
+    """``out`` where ``ok``, else NaN everywhere, reported by ``checkify.index_checks``; the
+    gradient is zero where not ``ok``.
 
     The NaN comes from an out-of-bounds fill-mode gather from ``flag_source`` (the offsets), so
     that ``checkify.checkify(f, errors=checkify.index_checks)`` reports invalid offsets the way
-    it reports out-of-range ids. Multiplying by 1 keeps every other value's bits.
+    it reports out-of-range ids. Multiplying by 1 keeps every other value's bits. The tangent is
+    ``out``'s, zeroed when not ``ok`` (the derivative of ``out * NaN`` would put NaN into the
+    table's gradient, and one optimizer step would poison the table).
     """
     index = jnp.where(ok, 0, flag_source.shape[0])
     flag = jnp.ones(flag_source.shape, out.dtype).at[index].get(
         mode="fill", fill_value=jnp.nan, wrap_negative_indices=False
     )
     return out * flag
+
+
+@_nan_unless.defjvp
+def _nan_unless_jvp(primals, tangents):
+    ok, out, flag_source = primals
+    _, out_dot, _ = tangents
+    return _nan_unless(ok, out, flag_source), jnp.where(ok, out_dot, jnp.zeros((), out_dot.dtype))
 
 
 @jax.custom_jvp
@@ -327,7 +331,7 @@ def _offset_bag_sum(rule: _OffsetSumRule, weight, per_sample_weights, ids, offse
         return jax.lax.fori_loop(0, steps, add_steps, zeros)
 
     def segments(_):
-        bags = _offset_bags(offsets, num_inputs, rule.include_last_offset)
+        bags = _offset_bags(offsets, None, num_inputs, rule.include_last_offset)
         safe, bad = ids, zeros[2]
         if check:
             oob = out_of_range(ids)
@@ -361,7 +365,7 @@ def _offset_bag_sum_jvp(rule, primals, tangents):
     # custom_jvp holds the padding and scale_grad_by_freq rules, then a segment sum).
     weight, per_sample_weights, ids, offsets = primals
     weight_dot, psw_dot, _, _ = tangents
-    bags = _offset_bags(offsets, ids.shape[0], rule.include_last_offset)
+    bags = _offset_bags(offsets, None, ids.shape[0], rule.include_last_offset)
 
     def plain(weight, per_sample_weights):
         rows = F.embedding(
@@ -413,10 +417,10 @@ def prepare(
 ):
     """torch's argument checks, then ``(ids, weight, offsets, per_sample_weights, padding_idx,
     bags)`` as arrays (shared with the row-sharded bags of ``sharding.py``)."""
-    input_shape = tuple(np.shape(input))
+    weight = validation.table(weight, "weight")
     validation.check_bag_weight(weight)
-    weight = jnp.asarray(weight)
     ids, offsets = validation.check_bag_inputs(input, offsets, include_last_offset)
+    input_shape = tuple(ids.shape)
     validation.check_bag_mode(mode, scale_grad_by_freq)
     psw = validation.check_per_sample_weights(per_sample_weights, input_shape, weight.dtype, mode)
     num_embeddings = weight.shape[0]
@@ -424,9 +428,9 @@ def prepare(
     if offsets is None:
         bags = _fixed_bags(*ids.shape)
     else:
-        validation.check_offsets(offsets, ids.shape[0])
-        bags = _offset_bags(offsets, ids.shape[0], include_last_offset)
-    validation.check_bag_in_range(ids, num_embeddings)
+        offsets, ok = validation.offsets(offsets, ids.shape[0])
+        bags = _offset_bags(offsets, ok, ids.shape[0], include_last_offset)
+    ids = validation.ids(ids, num_embeddings, bag=True)
     return ids, weight, offsets, psw, padding_idx, bags
 
 
@@ -447,14 +451,22 @@ def embedding_bag_and_renorm(
         input, weight, offsets, scale_grad_by_freq, mode, per_sample_weights,
         include_last_offset, padding_idx,
     )
+    # The row-sharded bags are jaxembed.sharding.vocab_parallel_embedding_bag (the modules
+    # dispatch there); this plain path would fail deep in JAX on them.
+    validation.check_rows_unsharded(
+        weight,
+        "jaxembed.functional.embedding_bag",
+        "use jaxembed.sharding.vocab_parallel_embedding_bag, or the modules "
+        "(jaxembed.EmbeddingBag, jaxembed.linen.EmbeddingBag), which dispatch to it.",
+    )
     num_embeddings = weight.shape[0]
-    if offsets is None and mode != "max" and max_norm is None:
+    if offsets is None and mode != "max" and max_norm is None and num_embeddings > 0:
         # Fixed-length bags: the fused sum (same numbers and gradients, fewer bytes moved).
         rule = _FixedSumRule(padding_idx, bool(scale_grad_by_freq))
         total = _fixed_bag_sum(rule, weight, psw, ids)
         out = _finish(total, ids.reshape(-1), bags, mode, padding_idx)
         return out, weight
-    if offsets is not None and mode != "max" and max_norm is None:
+    if offsets is not None and mode != "max" and max_norm is None and num_embeddings > 0:
         # Bags cut by offsets: the fused sum too (no stored N x D rows).
         rule = _OffsetSumRule(padding_idx, bool(scale_grad_by_freq), bool(include_last_offset))
         total, count = _offset_bag_sum(rule, weight, psw, ids, offsets)

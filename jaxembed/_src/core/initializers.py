@@ -28,6 +28,8 @@ class Pretrained:
     """
 
     def __init__(self, embeddings):
+        # A torch tensor is read bit for bit; a 64-bit array that x64 would narrow is refused.
+        embeddings = validation.table(embeddings, "embeddings")
         validation.check_pretrained(embeddings)
         # A copy: on CPU jnp.asarray can alias a numpy buffer that the caller may mutate later.
         self.embeddings = jnp.array(embeddings, copy=True)
@@ -51,6 +53,7 @@ def is_pretrained(embedding_init) -> bool:
 def init_table(key, num_embeddings, features, param_dtype, embedding_init, padding_idx):
     """The initial table: ``embedding_init``'s draw with the padding row zeroed (torch's
     ``reset_parameters``), except for a pretrained table, which is kept as given."""
+    validation.check_sizes(num_embeddings, features)
     table = embedding_init(key, (num_embeddings, features), param_dtype)
     if padding_idx is not None and not is_pretrained(embedding_init):
         def zero_row(t):
@@ -66,13 +69,14 @@ def init_table(key, num_embeddings, features, param_dtype, embedding_init, paddi
 def pretrained_kwargs(embeddings, freeze: bool) -> dict:
     """The constructor arguments that a module's ``from_pretrained`` derives from ``embeddings``.
 
-    Applies torch's checks (2-D table; no trainable integer table) and returns
-    ``num_embeddings``, ``features``, ``param_dtype``, ``embedding_init`` (a :class:`Pretrained`)
-    and ``freeze``.
+    Applies torch's checks (2-D table; no trainable integer table) and ours (a torch tensor is
+    read bit for bit, bfloat16 included; a 64-bit array that JAX would narrow is refused), and
+    returns ``num_embeddings``, ``features``, ``param_dtype``, ``embedding_init`` (a
+    :class:`Pretrained`) and ``freeze``.
     """
+    embeddings = validation.table(embeddings, "embeddings")
     validation.check_pretrained(embeddings)
     validation.check_from_pretrained_dtype(embeddings, freeze)
-    embeddings = jnp.asarray(embeddings)
     num_embeddings, features = embeddings.shape
     return dict(
         num_embeddings=num_embeddings,

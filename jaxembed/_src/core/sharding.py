@@ -43,7 +43,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxembed._src.core import embedding_bag as EB
 from jaxembed._src.core import functional as F
@@ -459,10 +460,8 @@ def vocab_parallel_embedding_renorm(
     weight, input, max_norm: float, norm_type: float = 2.0, *, vocab_axis, mesh=None
 ) -> jax.Array:
     """:func:`jaxembed.functional.embedding_renorm` on a row-sharded table; stays sharded."""
-    validation.check_weight(weight)
-    ids = validation.check_indices(input)
-    validation.check_in_range(ids, jnp.shape(weight)[0])
-    layout, ids, weight = _place(ids, jnp.asarray(weight), vocab_axis, None, mesh)
+    ids, weight, _ = F._prepare(input, weight, None)
+    layout, ids, weight = _place(ids, weight, vocab_axis, None, mesh)
     return layout.renorm(weight, ids, max_norm, norm_type)[1]
 
 
@@ -499,7 +498,8 @@ def count_out_of_range(input, num_embeddings: int) -> jax.Array:
     and raise on the host (see the README, "Out-of-range ids"). Ids split over a mesh axis cost
     one all-reduce of a scalar.
     """
-    ids = validation.check_indices(input)
+    # 64-bit ids out of range are masked to num_embeddings in their own dtype before narrowing
+    ids = validation.ids(input, num_embeddings, check=False)
     return jnp.sum(~_in_range(ids, num_embeddings), dtype=jnp.int32)
 
 

@@ -34,8 +34,8 @@ class SparseRows(NamedTuple):
     """torch's sparse embedding gradient with a static number of entries.
 
     Attributes:
-      ids: ``(n,)`` row ids in input order (int32, int64 for 64-bit input); ``num_embeddings``
-        marks a removed position (padding or out of range).
+      ids: ``(n,)`` row ids in input order, int32 (whatever the input's integer dtype);
+        ``num_embeddings`` marks a removed position (padding or out of range).
       values: ``(n, D)`` gradient rows; zero at removed positions.
 
     ``SparseRows`` is a pytree (a NamedTuple); sparse optimizers take a pytree of them shaped like
@@ -46,17 +46,15 @@ class SparseRows(NamedTuple):
     values: jax.Array
 
 
-def _index_dtype(ids: jax.Array):
-    # 64-bit ids keep 64 bits; others fit int32 (uint32 ids >= 2**31 wrap negative: removed).
-    return jnp.int64 if ids.dtype.itemsize == 8 else jnp.int32
-
-
 def row_ids(input, num_embeddings: int, padding_idx: int | None = None) -> jax.Array:
     """The flattened ``input`` with removed positions (padding, out of range) set to
-    ``num_embeddings``: the ids of :class:`SparseRows`."""
-    ids = validation.check_indices(input).reshape(-1)
+    ``num_embeddings``: the ids of :class:`SparseRows`.
+
+    Out-of-range ids are found on their original values and dtype (``validation.ids``, without
+    its error: torch would have raised at the lookup), so ``2**32 + 1`` is removed, never row 1.
+    """
     padding_idx = validation.normalize_padding_idx(padding_idx, num_embeddings)
-    ids = ids.astype(_index_dtype(ids))
+    ids = validation.ids(input, num_embeddings, check=False).reshape(-1)
     removed = (ids < 0) | (ids >= num_embeddings)
     if padding_idx is not None:
         removed = removed | (ids == padding_idx)
@@ -83,13 +81,13 @@ def row_gradients(
     Returns:
       :class:`SparseRows` with ``input.size`` entries in input order.
     """
-    ids = jnp.asarray(input)
-    if jnp.shape(rows_grad)[:-1] != ids.shape:
+    ids = row_ids(input, num_embeddings, padding_idx)
+    if jnp.shape(rows_grad)[:-1] != jnp.shape(input):
         raise ValueError(
-            f"rows_grad must have shape input.shape + (D,) = {ids.shape} + (D,); "
+            f"rows_grad must have shape input.shape + (D,) = {tuple(jnp.shape(input))} + (D,); "
             f"got {jnp.shape(rows_grad)}"
         )
-    return rows_from_ids(row_ids(ids, num_embeddings, padding_idx), rows_grad, num_embeddings)
+    return rows_from_ids(ids, rows_grad, num_embeddings)
 
 
 def attach_probe(rows: jax.Array, probe: jax.Array) -> jax.Array:

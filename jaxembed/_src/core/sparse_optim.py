@@ -75,8 +75,17 @@ def _scatter_fma(table: jax.Array, ids: jax.Array, values: jax.Array, alpha) -> 
     (``lax.scatter_p`` with a custom update computation, the mechanism behind
     ``lax.scatter_apply``). XLA:CPU applies the updates in input order and contracts the
     combiner to an FMA (pinned by the parity tests); other backends apply them in an unspecified
-    order. ``alpha`` must be a concrete scalar (it is compiled into the combiner).
+    order.
+
+    A concrete ``alpha`` is compiled into the combiner. A traced one (a learning-rate schedule's
+    value under ``jit``) cannot be: XLA's combiner takes no operands besides the two values. Then
+    the products ``values * alpha`` are rounded first and scatter-added in the same order, one
+    extra rounding per entry (``|error| <= 2**-24 |lr g|`` for float32 per entry; the measured
+    bound over trajectories is in ``tolerances.py``).
     """
+    if isinstance(alpha, jax.core.Tracer):
+        updates = (values.astype(table.dtype) * alpha.astype(table.dtype))
+        return table.at[ids].add(updates, mode="drop", wrap_negative_indices=False)
     alpha = np.asarray(alpha, table.dtype)
     combiner = jax.make_jaxpr(lambda x, y: x + y * alpha)(
         jnp.zeros((), table.dtype), jnp.zeros((), table.dtype)
@@ -108,8 +117,9 @@ def _coalesce(grad: SparseRows, num_embeddings: int) -> _Coalesced:
 
     Sums run in input order (XLA:CPU's sequential scatter-add, started from -0.0 so that a single
     entry is copied bit for bit). torch sums in the order of its (unstable) sort's permutation,
-    which is input order for up to 16 entries and differs beyond: sums of 17+ duplicates may
-    differ from torch's in the last bits.
+    which is input order while the gradient has at most 16 entries (in total, not per id) and
+    differs beyond: then an id's sum is within ``(k - 1) * eps * sum|g|`` of torch's (k: its
+    count), the bound for two orders of one sum (measured in ``test_bad_inputs.py``).
     """
     ids = jnp.where(_valid(grad.ids, num_embeddings), grad.ids, num_embeddings)
     n = ids.shape[0]
@@ -176,6 +186,47 @@ def _check_grad(grad, table, name: str):
         )
 
 
+def _check_state(name: str, table, **arrays) -> None:
+    """Each table-sized state array must have been made for this table (same shape and dtype):
+    a state made for a (4, 2) table would otherwise be gathered out of bounds and clamped."""
+    for what, a in arrays.items():
+        if a is None:
+            continue
+        if tuple(a.shape) != tuple(table.shape) or a.dtype != table.dtype:
+            raise ValueError(
+                f"{name} state '{what}' has shape {tuple(a.shape)} and dtype {a.dtype}, but the "
+                f"table has shape {tuple(table.shape)} and dtype {table.dtype}: the state was "
+                "made by init() for another table (init the optimizer on the tables it updates)"
+            )
+
+
+def _check_float_table(name: str, table) -> None:
+    # An integer table would round every step to zero (lr * g < 1): refuse, as SparseAdam does.
+    if not jnp.issubdtype(table.dtype, jnp.floating):
+        raise ValueError(f"{name} requires floating point tables; got dtype {table.dtype}")
+
+
+def _check_lr(lr, positive: bool = False):
+    """torch's learning-rate check for a number; an optax schedule (a callable of the step
+    count) is evaluated per update by :func:`_lr_at`."""
+    if callable(lr):
+        return lr
+    if isinstance(lr, jax.core.Tracer):
+        raise TypeError(
+            "lr must be a number or an optax schedule (a function of the step count); got a "
+            "traced value. Pass a schedule to vary it inside jit."
+        )
+    if (lr <= 0.0) if positive else (lr < 0.0):
+        raise ValueError(f"Invalid learning rate: {lr}")
+    return float(lr)
+
+
+def _lr_at(lr, count):
+    """The learning rate of the update that follows ``count`` updates (optax's convention: a
+    schedule is evaluated on the number of updates applied before, 0 for the first)."""
+    return lr(count) if callable(lr) else lr
+
+
 def _per_table(init_one, update_one) -> SparseGradientTransformation:
     """Lifts a one-table optimizer to pytrees of tables (``SparseRows`` leaves in the grads).
 
@@ -213,6 +264,8 @@ def _per_table(init_one, update_one) -> SparseGradientTransformation:
 
 
 def _scalar(x, dtype):
+    if isinstance(x, jax.Array):  # a schedule's value
+        return x.astype(dtype)
     return np.asarray(x, dtype)  # torch rounds a Python scalar to the tensor's dtype
 
 
@@ -224,6 +277,7 @@ def _scalar(x, dtype):
 class SGDState(NamedTuple):
     momentum_buffer: jax.Array | None  # V x D, dense (torch's sparse buffer covers every row seen)
     started: jax.Array | None  # torch creates the buffer on the first step (no dampening)
+    count: jax.Array | None = None  # updates applied so far, kept only for a schedule's lr
 
 
 def sgd(
@@ -249,11 +303,15 @@ def sgd(
     so the last bits differ (a measured bound is in the parity tests).
 
     ``weight_decay`` raises torch's error (torch cannot add a dense parameter to a sparse grad).
-    ``lr`` must be a concrete number (it is compiled into the FMA scatter).
+
+    ``lr``: a number, or an optax schedule (``optax.exponential_decay(...)``, any function of the
+    step count), evaluated on the number of updates applied before, as optax does. A number (and
+    a schedule whose value is a Python number, such as ``optax.constant_schedule``) is compiled
+    into the FMA scatter: bit-exact. A traced schedule value cannot be (see
+    :func:`_scatter_fma`): each entry's ``lr * g`` is then rounded before it is added, one extra
+    rounding per entry (measured bound in ``jaxembed/_src/tolerances.py``).
     """
-    lr = float(lr)  # compiled into the FMA scatter: a traced or scheduled lr cannot be used
-    if lr < 0.0:
-        raise ValueError(f"Invalid learning rate: {lr}")
+    lr = _check_lr(lr)
     if momentum < 0.0:
         raise ValueError(f"Invalid momentum value: {momentum}")
     if weight_decay < 0.0:
@@ -266,10 +324,14 @@ def sgd(
             "(torch.optim.SGD with weight_decay cannot take sparse gradients)"
         )
 
+    scheduled = callable(lr)
+
     def init_one(table):
+        _check_float_table("SGD", table)
+        count = jnp.zeros((), jnp.int32) if scheduled else None
         if momentum == 0:
-            return SGDState(None, None)
-        return SGDState(jnp.zeros_like(table), jnp.zeros((), bool))
+            return SGDState(None, None, count)
+        return SGDState(jnp.zeros_like(table), jnp.zeros((), bool), count)
 
     def update_one(grad, state, table):
         _check_grad(grad, table, "SGD")
@@ -278,9 +340,13 @@ def sgd(
         ids = jnp.where(valid, grad.ids, 0)  # removed: fma(0, -lr, p) = p, exactly
         g = -grad.values if maximize else grad.values
         g = jnp.where(valid[:, None], g, 0).astype(table.dtype)
-        neg_lr = -lr
+        if momentum == 0 and not scheduled:  # stateless: any empty state is accepted
+            return _scatter_fma(table, ids, g, -lr), state
+        neg_lr = -_lr_at(lr, state.count)
+        count = None if state.count is None else state.count + 1
         if momentum == 0:
-            return _scatter_fma(table, ids, g, neg_lr), state
+            return _scatter_fma(table, ids, g, neg_lr), state._replace(count=count)
+        _check_state("SGD", table, momentum_buffer=state.momentum_buffer)
         buf = jnp.where(state.started, state.momentum_buffer * _scalar(momentum, table.dtype), 0)
         if dampening == 0:
             buf = _scatter_fma(buf, ids, g, 1.0)
@@ -294,7 +360,7 @@ def sgd(
             table = _scatter_fma(table, ids, g, neg_lr)
         else:
             table = table + buf * _scalar(neg_lr, table.dtype)
-        return table, SGDState(buf, jnp.ones((), bool))
+        return table, SGDState(buf, jnp.ones((), bool), count)
 
     return _per_table(init_one, update_one)
 
@@ -331,11 +397,13 @@ def sparse_adam(
 
     Differences in the last bits: torch's CPU float32 ``sqrt`` (MKL) is 1 ulp off the correctly
     rounded one on ~20% of elements, the step size is computed in float32 unless
-    ``jax_enable_x64`` is on, and torch sums 17+ duplicates in its sort's order (bounds measured
-    in the parity tests).
+    ``jax_enable_x64`` is on, and with more than 16 entries in the gradient torch sums
+    duplicates in its sort's order (see :func:`_coalesce`; bounds measured in the parity tests).
+
+    ``lr``: a number, or an optax schedule of the step count (optax's convention: evaluated on
+    the number of updates applied before); its value enters the step size exactly.
     """
-    if not 0.0 < lr:
-        raise ValueError(f"Invalid learning rate: {lr}")
+    lr = _check_lr(lr, positive=True)
     if not 0.0 < eps:
         raise ValueError(f"Invalid epsilon value: {eps}")
     if not 0.0 <= betas[0] < 1.0:
@@ -345,12 +413,12 @@ def sparse_adam(
     beta1, beta2 = betas
 
     def init_one(table):
-        if not jnp.issubdtype(table.dtype, jnp.floating):
-            raise ValueError("SparseAdam requires floating point tables")
+        _check_float_table("SparseAdam", table)
         return SparseAdamState(jnp.zeros((), jnp.int32), jnp.zeros_like(table), jnp.zeros_like(table))
 
     def update_one(grad, state, table):
         c, rows, src, gv = _coalesced_rows(grad, table, maximize, "SparseAdam")
+        _check_state("SparseAdam", table, exp_avg=state.exp_avg, exp_avg_sq=state.exp_avg_sq)
         dtype = table.dtype
         step = state.step + 1
         wide = _wide_float()
@@ -359,7 +427,7 @@ def sparse_adam(
         # 1 - 0.999**t would lose half its digits to cancellation.
         bc1 = -jnp.expm1(t * np.asarray(math.log(beta1) if beta1 > 0 else -np.inf, wide))
         bc2 = -jnp.expm1(t * np.asarray(math.log(beta2) if beta2 > 0 else -np.inf, wide))
-        step_size = lr * jnp.sqrt(bc2) / bc1
+        step_size = jnp.asarray(_lr_at(lr, state.step), wide) * jnp.sqrt(bc2) / bc1
         neg_step = (-step_size).astype(dtype)
 
         _rounded = _rounder(step, dtype)
@@ -406,10 +474,10 @@ def adagrad(
     Per update: ``t += 1``, ``clr = lr / (1 + (t - 1) * lr_decay)``; the gradient is coalesced;
     for each present row ``s += g*g``, ``p = fma(g / (sqrt(s) + eps), -clr, p)``. Absent rows
     are untouched. ``weight_decay`` raises torch's error. Same last-bit caveats as
-    :func:`sparse_adam` (sqrt, float32 ``clr`` without x64, 17+ duplicates).
+    :func:`sparse_adam` (sqrt, float32 ``clr`` without x64, the coalesce order beyond 16
+    entries). ``lr``: a number or an optax schedule, as in :func:`sparse_adam`.
     """
-    if not 0.0 <= lr:
-        raise ValueError(f"Invalid learning rate: {lr}")
+    lr = _check_lr(lr)
     if not 0.0 <= lr_decay:
         raise ValueError(f"Invalid lr_decay value: {lr_decay}")
     if not 0.0 <= weight_decay:
@@ -422,15 +490,18 @@ def adagrad(
         raise RuntimeError("weight_decay option is not compatible with sparse gradients")
 
     def init_one(table):
+        _check_float_table("Adagrad", table)
         return AdagradState(
             jnp.zeros((), jnp.int32), jnp.full_like(table, initial_accumulator_value)
         )
 
     def update_one(grad, state, table):
         c, rows, src, gv = _coalesced_rows(grad, table, maximize, "Adagrad")
+        _check_state("Adagrad", table, sum=state.sum)
         dtype = table.dtype
         step = state.step + 1
-        clr = lr / (1 + (step.astype(_wide_float()) - 1) * lr_decay)
+        wide = _wide_float()
+        clr = jnp.asarray(_lr_at(lr, state.step), wide) / (1 + (step.astype(wide) - 1) * lr_decay)
         neg_clr = (-clr).astype(dtype)
 
         _rounded = _rounder(step, dtype)

@@ -85,6 +85,7 @@ class Embed(nn.Module):
 
     def __post_init__(self):
         # Validate at construction, like torch's constructor.
+        validation.check_sizes(self.num_embeddings, self.features)
         validation.normalize_padding_idx(self.padding_idx, self.num_embeddings)
         if self.sparse:
             validation.check_sparse(self.scale_grad_by_freq)

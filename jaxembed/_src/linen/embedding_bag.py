@@ -45,6 +45,7 @@ class EmbeddingBag(nn.Module):
 
     def __post_init__(self):
         # Validate at construction (torch checks padding_idx there; mode at the first call).
+        validation.check_sizes(self.num_embeddings, self.features)
         validation.check_bag_mode(self.mode, self.scale_grad_by_freq)
         self._normalized_padding_idx()
         super().__post_init__()

@@ -1,13 +1,19 @@
 """``jaxembed.linen.Embed(sparse=True)``: collections and helpers for the Linen training step.
 
 The table lives in ``"sparse_params"`` (not ``"params"``, so ``jax.grad`` over the params and
-optax never see it). A lookup takes its probe (zeros shaped like its rows, see
-``jaxembed._src.core.sparse.attach_probe``) from ``"row_probes"`` and, when ``"row_ids"`` is mutable,
-records its ids there. Every collection names the variable ``"embedding"``, so the probes, the
-ids and the row gradients are trees shaped like ``variables["sparse_params"]``.
+optax never see it). A lookup takes its probe (zeros, one row per looked-up id, see
+``jaxembed._src.core.sparse.attach_probe``) from ``"row_probes"`` and, when ``"row_ids"`` is
+mutable, appends its ids there. A table looked up several times in one ``apply`` (tied
+embeddings, two towers) takes consecutive slices of its probe, in call order, and its ids are
+concatenated in the same order: one ``SparseRows`` with every lookup's entries, as torch's
+accumulated sparse gradient. Every collection names the variable ``"embedding"``, so the probes,
+the ids and the row gradients are trees shaped like ``variables["sparse_params"]``. ``init``
+creates neither scratch collection: saved variables hold only the tables.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -26,16 +32,38 @@ def lookup(module, inputs, out_sharding=None) -> jax.Array:
     as the dense one)."""
     table = module.table.value
     vocab_axes = sharding.vocab_parallel_axes(table, module._table_spec(), out_sharding)
-    shape = jnp.shape(inputs) + (module.features,)
+    n = math.prod(jnp.shape(inputs))
     initializing = module.is_initializing()
+    recording = not initializing and module.is_mutable_collection(IDS_COLLECTION)
+    recorded = None
+    if recording:
+        recorded = jnp.zeros((0,), jnp.int32)
+        if module.has_variable(IDS_COLLECTION, _NAME):
+            recorded = module.get_variable(IDS_COLLECTION, _NAME)
+    start = 0 if recorded is None else recorded.shape[0]  # ids looked up before, this apply
     probe = None
     if module.has_variable(PROBE_COLLECTION, _NAME):
-        probe = module.get_variable(PROBE_COLLECTION, _NAME)
-        if probe.shape != shape and module.is_mutable_collection(PROBE_COLLECTION):
-            probe = None
-    if probe is None and not initializing and module.is_mutable_collection(PROBE_COLLECTION):
-        probe = jnp.zeros(shape, table.dtype)  # row_probes' sizing pass
-        module.put_variable(PROBE_COLLECTION, _NAME, probe)
+        probes = module.get_variable(PROBE_COLLECTION, _NAME)
+        if probes.shape[0] >= start + n:
+            if recorded is None and probes.shape[0] != n:
+                raise ValueError(
+                    f"the row_probes hold {probes.shape[0]} rows but this lookup has {n} ids: "
+                    "the table is looked up several times, so make 'row_ids' mutable in apply "
+                    "(each lookup's slice of the probe starts after the ids recorded before it)"
+                )
+            probe = probes[start : start + n].reshape(jnp.shape(inputs) + (module.features,))
+        elif module.is_mutable_collection(PROBE_COLLECTION):  # row_probes' sizing pass
+            zeros = jnp.zeros((n, module.features), table.dtype)
+            module.put_variable(PROBE_COLLECTION, _NAME, jnp.concatenate([probes, zeros]))
+        else:
+            raise ValueError(
+                f"the row_probes hold {probes.shape[0]} rows but the sparse lookups of this "
+                f"apply need at least {start + n}: make them with jaxembed.linen.row_probes for "
+                "these inputs, and do not pass an earlier 'row_ids' collection in"
+            )
+    elif not initializing and module.is_mutable_collection(PROBE_COLLECTION):
+        # row_probes' sizing pass: one zero row per looked-up id
+        module.put_variable(PROBE_COLLECTION, _NAME, jnp.zeros((n, module.features), table.dtype))
     rows, new_table = S.probed_embed_and_renorm(
         inputs,
         table,
@@ -46,9 +74,9 @@ def lookup(module, inputs, out_sharding=None) -> jax.Array:
         vocab_axes=vocab_axes,
         out_sharding=out_sharding,
     )
-    if not initializing and module.is_mutable_collection(IDS_COLLECTION):
+    if recording:
         ids = S.row_ids(inputs, module.num_embeddings, module._padding_idx)
-        module.put_variable(IDS_COLLECTION, _NAME, ids)
+        module.put_variable(IDS_COLLECTION, _NAME, jnp.concatenate([recorded.astype(ids.dtype), ids]))
     if (
         module.max_norm is not None
         and not initializing
@@ -59,11 +87,14 @@ def lookup(module, inputs, out_sharding=None) -> jax.Array:
 
 
 def row_probes(module, variables, *args, method=None, **kwargs):
-    """Zero probes for every sparse lookup of ``module.apply(variables, *args, **kwargs)``.
+    """Zero probes for every sparse lookup of ``module.apply(variables, *args, **kwargs)``: per
+    table, one ``(n, features)`` array, ``n`` the number of ids of all its lookups together.
 
     Traced abstractly (``jax.eval_shape``: no computation, no state change). Pass the result as
-    ``variables["row_probes"]`` and differentiate w.r.t. it.
+    ``variables["row_probes"]``, make ``"row_ids"`` mutable, and differentiate w.r.t. the probes.
     """
+    scratch = (PROBE_COLLECTION, IDS_COLLECTION)
+    variables = {k: v for k, v in variables.items() if k not in scratch}
 
     def sizes(variables):
         _, state = module.apply(variables, *args, method=method, mutable=True, **kwargs)

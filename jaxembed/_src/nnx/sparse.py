@@ -3,14 +3,21 @@ optimizer wrapper.
 
 A sparse table is a :class:`SparseParam`, not an ``nnx.Param``: ``nnx.grad`` and
 ``nnx.Optimizer(..., wrt=nnx.Param)`` never see it, so no V x D gradient or optax state exists.
-Each lookup routes its row gradient to a :class:`RowProbe` (zeros shaped like the rows, see
-``jaxembed._src.core.sparse.attach_probe``) and records its ids in :class:`RowIds`.
-:func:`value_and_grad` sizes the probes, differentiates w.r.t. ``nnx.Param`` and the probes,
-and returns the probes' gradients as ``SparseRows``; :class:`Optimizer` applies them.
+While :func:`value_and_grad` traces a step, each sparse module carries two scratch variables:
+a :class:`RowProbe` (zeros, one row per id the step looks up, see
+``jaxembed._src.core.sparse.attach_probe``), from which each lookup takes its own slice so that
+its row gradient lands there, and :class:`RowIds`, to which each lookup appends its ids. A table
+looked up several times in one step (tied embeddings, two towers) thus gets torch's gradient:
+one ``SparseRows`` holding the entries of every lookup, in call order. The scratch exists only
+inside :func:`value_and_grad`: a model's state, and so its checkpoint, holds the tables only, as
+``nnx.eval_shape`` of its constructor does. :class:`Optimizer` applies the row gradients.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import math
 from typing import Any, Callable
 
 import jax
@@ -28,37 +35,55 @@ class SparseParam(nnx.Variable):
 
 
 class RowProbe(nnx.Variable):
-    """Zeros shaped like a sparse lookup's rows; its gradient is the rows' gradient."""
+    """Step scratch (only inside :func:`value_and_grad`): zeros with one row per id the step
+    looks up; its gradient is the rows' gradient."""
 
 
 class RowIds(nnx.Variable):
-    """The ids of the last sparse lookup, flattened, removed positions set to num_embeddings."""
+    """Step scratch (only inside :func:`value_and_grad`): the ids of the step's sparse lookups,
+    flattened and concatenated in call order, removed positions set to num_embeddings."""
+
+
+# True while value_and_grad traces the step: only then do lookups record their ids.
+_RECORDING = contextvars.ContextVar("jaxembed_sparse_recording", default=False)
+
+
+@contextlib.contextmanager
+def _recording():
+    token = _RECORDING.set(True)
+    try:
+        yield
+    finally:
+        _RECORDING.reset(token)
 
 
 def init_sparse_table(embed, table: jax.Array, metadata=None) -> None:
     """Stores ``table`` as the module's sparse table (``metadata`` as ``nnx.Param``'s, e.g.
-    ``{"out_sharding": ("model", None)}`` for a row-sharded table), with an empty probe and
-    ids."""
+    ``{"out_sharding": ("model", None)}`` for a row-sharded table; no scratch: see
+    :func:`value_and_grad`)."""
     embed.embedding = SparseParam(table, **(metadata or {}))
-    embed.row_probe = RowProbe(jnp.zeros((0, embed.features), table.dtype))
-    embed.row_ids = RowIds(jnp.zeros((0,), jnp.int32))
 
 
 def lookup(embed, inputs, out_sharding=None) -> jax.Array:
-    """The sparse lookup of ``jaxembed.Embed``: rows, probe, ids, and torch's max_norm write.
+    """The sparse lookup of ``jaxembed.Embed``: rows, and torch's max_norm write.
 
-    When the probe does not have the rows' shape (a plain call, or :func:`value_and_grad`'s
-    sizing pass) a zero probe of the right shape is stored; it then receives no gradient.
-    A row-sharded table is looked up vocab-parallel (as the dense ``Embed``).
+    Inside :func:`value_and_grad` the lookup also appends its ids to ``row_ids`` and, in the
+    differentiated pass (where the probe was sized for the whole step), attaches its slice of the
+    probe: the rows from ``len(row_ids)`` on, in call order. Elsewhere it is a plain lookup whose
+    rows carry no gradient, and no state but the max_norm renorm changes. A row-sharded table is
+    looked up vocab-parallel (as the dense ``Embed``).
     """
     table = embed.embedding.get_value()
     spec = nnx.spmd.get_var_pspec(embed.embedding)
     vocab_axes = sharding.vocab_parallel_axes(table, spec, out_sharding)
-    shape = jnp.shape(inputs) + (embed.features,)
-    probe = embed.row_probe.get_value()
-    if probe.shape != shape or probe.dtype != table.dtype:
-        probe = jnp.zeros(shape, table.dtype)
-        embed.row_probe.set_value(probe)
+    recording = _RECORDING.get() and isinstance(getattr(embed, "row_ids", None), RowIds)
+    probe = None
+    if recording:
+        recorded = embed.row_ids.get_value()
+        start, n = recorded.shape[0], math.prod(jnp.shape(inputs))
+        probes = embed.row_probe.get_value()
+        if probes.shape[0] >= start + n:  # the differentiated pass: this lookup's slice
+            probe = probes[start : start + n].reshape(jnp.shape(inputs) + (embed.features,))
     rows, new_table = S.probed_embed_and_renorm(
         inputs,
         table,
@@ -69,7 +94,9 @@ def lookup(embed, inputs, out_sharding=None) -> jax.Array:
         vocab_axes=vocab_axes,
         out_sharding=out_sharding,
     )
-    embed.row_ids.set_value(S.row_ids(inputs, embed.num_embeddings, embed.padding_idx))
+    if recording:
+        ids = S.row_ids(inputs, embed.num_embeddings, embed.padding_idx)
+        embed.row_ids.set_value(jnp.concatenate([recorded.astype(ids.dtype), ids]))
     if embed.max_norm is not None:
         embed.embedding.set_value(new_table)  # torch's in-place renorm
     return rows  # in the table's dtype; the module promotes them to its dtype
@@ -79,8 +106,20 @@ def _sparse_embeds(model) -> dict:
     return {
         path: m
         for path, m in nnx.iter_modules(model)
-        if isinstance(getattr(m, "row_probe", None), RowProbe)
+        if isinstance(getattr(m, "embedding", None), SparseParam)
     }
+
+
+def _attach_scratch(embed, rows: int) -> None:
+    dtype = embed.embedding.get_value().dtype
+    embed.row_probe = RowProbe(jnp.zeros((rows, embed.features), dtype))
+    embed.row_ids = RowIds(jnp.zeros((0,), jnp.int32))
+
+
+def _detach_scratch(embed) -> None:
+    for name in ("row_probe", "row_ids"):
+        if hasattr(embed, name):
+            delattr(embed, name)
 
 
 def value_and_grad(fn: Callable, argnums: int = 0, *, has_aux: bool = False) -> Callable:
@@ -94,35 +133,43 @@ def value_and_grad(fn: Callable, argnums: int = 0, *, has_aux: bool = False) -> 
     * ``row_grads``: an ``nnx.State`` shaped like ``nnx.state(model, SparseParam)`` whose leaves
       are ``SparseRows`` (torch's sparse gradients), for :class:`Optimizer`.
 
-    ``fn`` is traced twice: once abstractly (``nnx.eval_shape``, no state changes) to size each
-    sparse lookup's probe, then under ``nnx.value_and_grad``. State updates of the second call
-    (max_norm renorms, batch statistics, rng counts) reach the model as with ``nnx.grad``. Each
-    sparse table may be looked up once per call of ``fn`` (concatenate the ids of several
-    lookups into one).
+    ``fn`` is traced twice: once abstractly (``nnx.eval_shape``, no state changes) to count the
+    ids each sparse table is looked up with, then under ``nnx.value_and_grad``. State updates of
+    the second call (max_norm renorms, batch statistics, rng counts) reach the model as with
+    ``nnx.grad``. A table may be looked up any number of times per call (tied embeddings, two
+    towers): its ``SparseRows`` holds the entries of every lookup in call order, as torch's
+    accumulated sparse gradient does. The probe and ids exist only during the call.
     """
 
     def wrapper(*args):
         model = args[argnums]
-
-        def probes(*a):
-            fn(*a)
-            return {path: e.row_probe.get_value() for path, e in _sparse_embeds(a[argnums]).items()}
-
-        shapes = nnx.eval_shape(probes, *args)
         embeds = _sparse_embeds(model)
-        for path, e in embeds.items():
-            e.row_probe.set_value(jnp.zeros(shapes[path].shape, shapes[path].dtype))
-        wrt = nnx.DiffState(argnums, nnx.Any(nnx.Param, RowProbe))
-        value, grads = nnx.value_and_grad(fn, argnums=wrt, has_aux=has_aux)(*args)
-        dense, probe_grads = nnx.split_state(grads, nnx.Param, RowProbe)
-        flat_probe = dict(nnx.to_flat_state(probe_grads))
-        rows = {}
-        for path, e in embeds.items():
-            g = flat_probe[path + ("row_probe",)]
-            g = g.get_value() if isinstance(g, nnx.Variable) else g
-            rows[path + ("embedding",)] = S.rows_from_ids(
-                e.row_ids.get_value(), g, e.num_embeddings
-            )
+
+        def recorded_ids(*a):
+            fn(*a)
+            return {path: e.row_ids.get_value() for path, e in _sparse_embeds(a[argnums]).items()}
+
+        try:
+            with _recording():
+                for e in embeds.values():
+                    _attach_scratch(e, 0)
+                counts = nnx.eval_shape(recorded_ids, *args)
+                for path, e in embeds.items():
+                    _attach_scratch(e, counts[path].shape[0])
+                wrt = nnx.DiffState(argnums, nnx.Any(nnx.Param, RowProbe))
+                value, grads = nnx.value_and_grad(fn, argnums=wrt, has_aux=has_aux)(*args)
+            dense, probe_grads = nnx.split_state(grads, nnx.Param, RowProbe)
+            flat_probe = dict(nnx.to_flat_state(probe_grads))
+            rows = {}
+            for path, e in embeds.items():
+                g = flat_probe[path + ("row_probe",)]
+                g = g.get_value() if isinstance(g, nnx.Variable) else g
+                rows[path + ("embedding",)] = S.rows_from_ids(
+                    e.row_ids.get_value(), g, e.num_embeddings
+                )
+        finally:
+            for e in embeds.values():
+                _detach_scratch(e)
         return value, dense, nnx.from_flat_state(rows)
 
     return wrapper
