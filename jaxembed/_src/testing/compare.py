@@ -87,40 +87,56 @@ def within(got, want, tol: Tolerance) -> bool:
 class Criterion:
     """How ``jaxembed.testing`` judges one tensor of a JAX port against its torch original.
 
-    With a float64 reference (the torch model run in float64 from the same weights and inputs),
-    a tensor passes when::
+    The reference is torch's model run in float64 from the same float32 weights and inputs.
+    With ``jax err = max|jax - ref|``, ``torch err = max|torch - ref|`` and, when the JAX model
+    also ran in float64, ``jax own = max|jax - jax float64|`` (JAX's own float32 rounding), a
+    tensor passes when::
 
-        max|jax - ref| <= k * max|torch - ref| + floor_ulps * eps * max|ref|
+        jax err <= k * max(torch err, min(jax own, max_rounding_ratio * torch err))
+                   + floor_ulps * eps * max|ref|
 
-    ``eps`` is that of the JAX result's dtype. Rounding moves both frameworks about equally far
-    from the exact answer, on shallow and deep models alike; a port bug moves JAX far while torch
-    stays close. The floor (a few ulp of the tensor's scale) covers tensors that torch happens to
-    compute almost exactly (one matmul, a gather), where the ratio alone would demand more than
-    float32 can give.
+    ``eps`` is that of the JAX result's dtype. A port bug moves JAX away from torch's exact
+    answer while its own rounding stays small (``jax err`` far above both errors); rounding
+    moves both frameworks about as far as their own arithmetic goes. The floor (a few ulp of the
+    tensor's scale) covers tensors that torch computes almost exactly (a gather, one add).
 
-    Without a float64 reference (a model that hard-codes float32), the fallback is a normwise
-    bound on the direct difference::
+    Why JAX's own rounding counts, up to a limit: the two frameworks do not round equally.
+    XLA:CPU's float32 matmul accumulates less accurately than torch's MKL: one 72x384 @ 384x384
+    product is 1.9x torch's error, 72x1536 @ 1536x384 4.2x; through MiniLM's 6 layers the
+    gradients' errors reach 4.6x torch's (cotangent seed 0) and 28x (seed 1), and with the
+    ``Linear`` products accumulated in float64 they drop to at most 1.6x (the measurements are
+    in ``parity_tests/test_testing_minilm.py``). Judged by ``k * torch err`` alone (this rule
+    without ``jax own``), a correct port fails on CPU; with JAX's own rounding a correct port
+    passes and every planted bug still fails by orders of magnitude. ``max_rounding_ratio``
+    (default 64) keeps numerically unstable ports failing: beyond that many times torch's
+    rounding, JAX's own rounding is no excuse. Without a JAX float64 result the rule is
+    ``jax err <= k * torch err + floor``.
+
+    Without a float64 reference (a torch model that stays float32 under ``.double()``), the
+    fallback is a normwise bound on the direct difference::
 
         max|jax - torch| <= (fallback_eps + floor_ulps) * eps * max|torch|
 
-    which is a guess, not a measurement of this model: the report marks every tensor judged by
-    it. ``fallback_eps`` defaults to 64 (MEASURE-ME).
+    a guess, not a measurement of this model: the report marks every tensor judged by it.
+    ``fallback_eps`` defaults to 64 (MEASURE-ME).
 
     Bit-identical results always pass and are reported as such.
     """
 
     k: float = 2.0
     floor_ulps: float = 4.0
+    max_rounding_ratio: float = 64.0
     fallback_eps: float = 64.0
 
     def __post_init__(self):
-        for name in ("k", "floor_ulps", "fallback_eps"):
+        for name in ("k", "floor_ulps", "max_rounding_ratio", "fallback_eps"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"Criterion.{name} must be a finite number >= 0, got {value!r}")
 
     def describe(self) -> str:
-        return f"jax err <= {self.k:g} x torch err + {self.floor_ulps:g} ulp of max|ref|"
+        return (f"jax err <= {self.k:g} x max(torch err, jax own err <= "
+                f"{self.max_rounding_ratio:g} x torch err) + {self.floor_ulps:g} ulp of max|ref|")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,11 +144,13 @@ class Verdict:
     """The judgement of one tensor (see :class:`Criterion`).
 
     ``max_abs_diff``: max|jax - torch|. ``jax_error`` / ``torch_error``: max distance of each
-    float32 result from the float64 reference (None without one). ``bound``: what ``jax_error``
-    (or, in the fallback, ``max_abs_diff``) was held to. ``scale``: max|ref| (max|torch| in the
-    fallback). ``ulp``: max ulp distance between the JAX and torch results (same dtype only).
-    ``method``: ``"float64"``, ``"fallback"`` (no reference) or ``"exact"`` (integers, bools).
-    ``result``: ``"bit-exact"``, ``"pass"`` or ``"FAIL"``.
+    float32 result from the float64 reference (None without one). ``jax_own_error``: max|jax -
+    JAX's float64 result| (None without one). ``f64_gap``: max|JAX float64 - reference|, the
+    two models' distance without float32 rounding. ``bound``: what ``jax_error`` (or, in the
+    fallback, ``max_abs_diff``) was held to. ``scale``: max|ref| (max|torch| in the fallback).
+    ``ulp``: max ulp distance between the JAX and torch results (same dtype only). ``method``:
+    ``"float64"``, ``"fallback"`` (no reference) or ``"exact"`` (integers, bools). ``result``:
+    ``"bit-exact"``, ``"pass"`` or ``"FAIL"``.
     """
 
     max_abs_diff: float
@@ -144,6 +162,8 @@ class Verdict:
     method: str
     result: str
     note: str = ""
+    jax_own_error: float | None = None
+    f64_gap: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -156,14 +176,20 @@ def _failure(note: str, method: str) -> Verdict:
 
 
 def judge(jax_value, torch_value, reference=None, criterion: Criterion = Criterion(), *,
-          allowance: float = 0.0) -> Verdict:
+          jax_reference=None, allowance: float = 0.0, element_allowance=None,
+          element_reason: str = "") -> Verdict:
     """Judges ``jax_value`` (the port's result) against ``torch_value`` (torch's, same precision)
     and ``reference`` (torch's float64 result, or None for the fallback).
 
-    ``allowance``: an absolute amount added to the bound, for a documented difference of the
-    two frameworks' arithmetic that is not rounding (optax's float32 Adam bias correction; see
-    :class:`~jaxembed._src.testing.optimizers.OptimizerPair`). NaNs must sit where torch has
-    them; infinities must be the same infinity.
+    ``jax_reference``: the JAX model's own float64 result (its rounding; see
+    :class:`Criterion`), or None. ``allowance``: an absolute amount added to the bound, for a
+    documented difference of the two frameworks' arithmetic that is not rounding (optax's
+    float32 Adam bias correction; see
+    :class:`~jaxembed._src.testing.optimizers.OptimizerPair`). ``element_allowance``: an array
+    (broadcast to the value's shape) of further per-element allowances, for elements whose
+    result is undetermined at float32 precision (``element_reason`` says why; the note counts
+    the elements that needed it). NaNs must sit where torch has them; infinities must be the
+    same infinity.
     """
     jax_value, torch_value = np.asarray(jax_value), np.asarray(torch_value)
     method = "float64" if reference is not None else "fallback"
@@ -185,22 +211,40 @@ def judge(jax_value, torch_value, reference=None, criterion: Criterion = Criteri
         jax_value.tobytes() == torch_value.tobytes())
     eps = eps_of(jax_value.dtype)
     tiny = float(ml_dtypes.finfo(jax_value.dtype).tiny)
+    own = gap = None
     if reference is None:
         scale = max_abs(torch_value)
         bound = (criterion.fallback_eps + criterion.floor_ulps) * eps * scale + allowance
         jax_err = torch_err = None
+        err = diff
         ok = max_diff <= bound + criterion.floor_ulps * tiny
     else:
         reference = np.asarray(reference)
         if reference.shape != torch_value.shape:
             return _failure(f"reference shape {reference.shape} != {torch_value.shape}", method)
         scale = max_abs(reference)
-        jax_err = float(abs_diff(jax_value, reference).max(initial=0.0))
+        err = abs_diff(jax_value, reference)
+        jax_err = float(err.max(initial=0.0))
         torch_err = float(abs_diff(torch_value, reference).max(initial=0.0))
-        bound = criterion.k * torch_err + criterion.floor_ulps * (eps * scale + tiny) + allowance
+        rounding = torch_err
+        if jax_reference is not None and np.shape(jax_reference) == jax_value.shape:
+            own = float(abs_diff(jax_value, jax_reference).max(initial=0.0))
+            gap = float(abs_diff(jax_reference, reference).max(initial=0.0))
+            rounding = max(torch_err, min(own, criterion.max_rounding_ratio * torch_err))
+        bound = criterion.k * rounding + criterion.floor_ulps * (eps * scale + tiny) + allowance
         ok = jax_err <= bound
+    problem = "" if math.isfinite(max_diff) else "NaN or infinity where torch has none"
+    note = problem
+    if not ok and element_allowance is not None and not problem:
+        # The elements beyond the tensor's bound must each be within their own allowance.
+        scalar = bound + (criterion.floor_ulps * tiny if reference is None else 0.0)
+        beyond = err > scalar
+        extra = np.broadcast_to(np.asarray(element_allowance, np.float64), err.shape)
+        ok = bool(np.all(err[beyond] <= scalar + extra[beyond]))
+        if ok:
+            note = f"{int(beyond.sum())} element(s) beyond the bound: {element_reason}"
     if bitwise:
-        return Verdict(0.0, jax_err, torch_err, bound, scale, 0, method, "bit-exact")
-    note = "" if math.isfinite(max_diff) else "NaN or infinity where torch has none"
+        return Verdict(0.0, jax_err, torch_err, bound, scale, 0, method, "bit-exact", "", own,
+                       gap)
     return Verdict(max_diff, jax_err, torch_err, bound, scale, ulp, method,
-                   "pass" if ok and not note else "FAIL", note)
+                   "pass" if ok and not problem else "FAIL", note, own, gap)

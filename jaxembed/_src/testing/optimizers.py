@@ -41,6 +41,13 @@ class OptimizerPair:
         (``jaxembed.Embed(sparse=True)``), or None.
       torch_sparse: ``params -> torch.optim.Optimizer`` for torch's ``sparse=True`` tables;
         None uses ``torch`` (``SGD`` and ``Adagrad`` take sparse gradients).
+      sign_lr: for adaptive optimizers (Adam, AdamW, SparseAdam, Adagrad), the learning rate;
+        None otherwise (SGD). Their step ``lr * m / sqrt(v)`` does not shrink with the gradient:
+        a gradient error ``d`` moves it by about ``lr * d / |g|``, and a gradient within
+        rounding of zero steps by ``lr`` in a direction rounding decides, in either framework.
+        The comparison allows each element ``2 * k * sign_lr * min(1, d / |g|)`` after step
+        ``k`` (``g``: its reference gradient, ``d``: the gradient stage's bound) and counts the
+        elements that needed it.
       step_allowance: how far, per element, one step of the two implementations may differ
         from an identical state for a documented reason other than rounding; the comparison
         adds ``k * step_allowance`` to the bound of every parameter after step ``k``. Adam and
@@ -57,6 +64,7 @@ class OptimizerPair:
     optax: optax.GradientTransformation | None
     sparse: sparse_optim.SparseGradientTransformation | None = None
     torch_sparse: Callable[[list], Any] | None = None
+    sign_lr: float | None = None
     step_allowance: float = 0.0
 
     def with_sparse(self, other: "OptimizerPair") -> "OptimizerPair":
@@ -67,6 +75,7 @@ class OptimizerPair:
         return dataclasses.replace(self, label=f"{self.label} + {other.label}",
                                    sparse=other.sparse,
                                    torch_sparse=other.torch_sparse or other.torch,
+                                   sign_lr=max(self.sign_lr or 0.0, other.sign_lr or 0.0) or None,
                                    step_allowance=max(self.step_allowance,
                                                       other.step_allowance))
 
@@ -143,7 +152,7 @@ def adam(lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
     if weight_decay:
         tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
     return OptimizerPair(_label("Adam", lr=lr, weight_decay=weight_decay), build_torch, tx,
-                         step_allowance=_adam_allowance(lr))
+                         sign_lr=lr, step_allowance=_adam_allowance(lr))
 
 
 def adamw(lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -158,7 +167,7 @@ def adamw(lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-
 
     return OptimizerPair(_label("AdamW", lr=lr, weight_decay=weight_decay), build_torch,
                          optax.adamw(lr, *betas, eps=eps, weight_decay=weight_decay),
-                         step_allowance=_adam_allowance(lr))
+                         sign_lr=lr, step_allowance=_adam_allowance(lr))
 
 
 def sparse_adam(lr: float, betas: tuple[float, float] = (0.9, 0.999),
@@ -172,7 +181,7 @@ def sparse_adam(lr: float, betas: tuple[float, float] = (0.9, 0.999),
         return torch.optim.SparseAdam(params, lr=lr, betas=betas, eps=eps)
 
     return OptimizerPair(_label("SparseAdam", lr=lr), None, None,
-                         sparse_optim.sparse_adam(lr, betas, eps), build_torch)
+                         sparse_optim.sparse_adam(lr, betas, eps), build_torch, sign_lr=lr)
 
 
 def adagrad(lr: float, lr_decay: float = 0.0, weight_decay: float = 0.0,
@@ -188,4 +197,5 @@ def adagrad(lr: float, lr_decay: float = 0.0, weight_decay: float = 0.0,
 
     return OptimizerPair(_label("Adagrad", lr=lr), None, None,
                          sparse_optim.adagrad(lr, lr_decay, weight_decay,
-                                              initial_accumulator_value, eps), build_torch)
+                                              initial_accumulator_value, eps), build_torch,
+                         sign_lr=lr)

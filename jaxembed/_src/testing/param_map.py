@@ -543,23 +543,20 @@ def _pair_by_order(pending: list[_TorchLeaf], free: list[_JaxLeaf]) -> dict:
 
 
 def _module_pairs(entries, torch_modules, j_module_keys, renamed) -> dict[str, str]:
-    """torch module name -> JAX module path: the owners of mapped tensors, and every other
-    module whose (renamed) path names a JAX module."""
+    """torch module name -> JAX module path: the JAX module at the same (renamed) path, else the
+    owner of the module's mapped tensors (by order, by hand) when they all have one owner."""
     pairs: dict[str, str] = {}
-    conflicts = set()
-    for e in entries:
-        t_mod = e.torch_name.rpartition(".")[0]
-        j_mod = e.jax_name.rpartition(".")[0]
-        if pairs.setdefault(t_mod, j_mod) != j_mod:
-            conflicts.add(t_mod)
     for name in torch_modules:
-        if name and name not in pairs:
-            hit = j_module_keys.get(_canonical(renamed(name).split(".")))
-            if hit is not None:
-                pairs[name] = hit[0]
-    for name in conflicts:
-        del pairs[name]
-    pairs.pop("", None)  # the whole model: its outputs are compared as the outputs
+        hit = j_module_keys.get(_canonical(renamed(name).split("."))) if name else None
+        if hit is not None:
+            pairs[name] = hit[0]
+    owners: dict[str, set] = {}
+    for e in entries:
+        owners.setdefault(e.torch_name.rpartition(".")[0], set()).add(
+            e.jax_name.rpartition(".")[0])
+    for name, found in owners.items():
+        if name and name not in pairs and len(found) == 1:
+            pairs[name] = found.pop()
     return pairs
 
 

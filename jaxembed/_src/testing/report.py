@@ -49,9 +49,7 @@ class Row:
 
     ``stage``: ``"weights"``, ``"forward"``, ``"gradients"`` or ``"step k"``. ``name``: the torch
     name (a module for its output, ``output...`` for the model's outputs, a ``state_dict`` key
-    for a parameter, ``loss``). ``jax_name``: where it lives in the JAX model. ``f64_gap``:
-    max|JAX float64 - torch float64|, the two models' distance without float32 rounding (None
-    when the JAX float64 run was not made or failed).
+    for a parameter, ``loss``). ``jax_name``: where it lives in the JAX model.
     """
 
     stage: str
@@ -60,7 +58,6 @@ class Row:
     shape: tuple
     dtype: str
     verdict: Verdict
-    f64_gap: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -69,14 +66,14 @@ class Row:
     def cells(self) -> tuple:
         v = self.verdict
         result = v.result + (" (fallback)" if v.method == "fallback" else "")
-        result += f": {v.note}" if v.note else ""
+        result += f" ({v.note})" if v.note and v.passed else f": {v.note}" if v.note else ""
         return (self.stage, self.name, "x".join(map(str, self.shape)) or "()",
-                _g(v.max_abs_diff), _g(v.jax_error), _g(v.torch_error), _g(v.bound),
-                _ulp(v.ulp), _g(self.f64_gap), result)
+                _g(v.max_abs_diff), _g(v.jax_error), _g(v.torch_error), _g(v.jax_own_error),
+                _g(v.bound), _g(v.f64_gap), _ulp(v.ulp), result)
 
 
-HEADER = ("stage", "tensor", "shape", "max|jax-torch|", "jax err", "torch err", "bound",
-          "max ulp", "f64 gap", "result")
+HEADER = ("stage", "tensor", "shape", "max|jax-torch|", "jax err", "torch err", "jax own",
+          "bound", "f64 gap", "max ulp", "result")
 
 
 @dataclasses.dataclass
@@ -136,8 +133,10 @@ class Report:
         elif v.method == "fallback":
             why = f"max|jax-torch| {_g(v.max_abs_diff)} > bound {_g(v.bound)} (no float64)"
         else:
-            why = (f"jax err {_g(v.jax_error)} > bound {_g(v.bound)} "
-                   f"(torch err {_g(v.torch_error)})")
+            why = (f"jax err {_g(v.jax_error)} > bound {_g(v.bound)} (torch err "
+                   f"{_g(v.torch_error)}" + ("" if v.jax_own_error is None else
+                                             f", jax own {_g(v.jax_own_error)}, f64 gap "
+                                             f"{_g(v.f64_gap)}") + ")")
         stages = [s for s in self.stages if any(r.stage == s and not r.passed for r in self.rows)]
         return (f"FAIL: first failure at stage {first.stage!r}, tensor {first.name!r} "
                 f"(JAX {first.jax_name}): {why}; {len(self.failures)} of {len(self.rows)} "
@@ -187,7 +186,7 @@ class Report:
             "first_failure": None if self.first_failure is None else {
                 "stage": self.first_failure.stage, "tensor": self.first_failure.name},
             "rows": [{"stage": r.stage, "tensor": r.name, "jax": r.jax_name,
-                      "shape": list(r.shape), "dtype": r.dtype, "f64_gap": r.f64_gap,
+                      "shape": list(r.shape), "dtype": r.dtype,
                       **dataclasses.asdict(r.verdict)} for r in self.rows],
         })
 

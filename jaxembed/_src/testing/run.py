@@ -72,12 +72,14 @@ class Run:
 
 
 def flatten(tree, prefix: str = "output") -> dict[str, Any]:
-    """Named leaves of a model output: mappings (``ModelOutput`` included) by key, sequences by
-    index, None dropped. ``{"output": x}`` for a single array."""
+    """Named leaves of a model output: mappings (``ModelOutput`` included) and NamedTuples by
+    key, sequences by index, None dropped. ``{"output": x}`` for a single array."""
     if tree is None:
         return {}
     if isinstance(tree, Mapping):
         items = list(tree.items())
+    elif isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a NamedTuple: by field name
+        items = list(zip(tree._fields, tree))
     elif isinstance(tree, (tuple, list)):
         items = list(enumerate(tree))
     else:
