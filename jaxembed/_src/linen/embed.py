@@ -5,12 +5,16 @@ A thin holder of the table; every rule is in ``functional.py``.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from flax import errors
 from flax import linen as nn
+from flax.linen import dtypes as linen_dtypes
 
+from jaxembed._src.core import dtypes
 from jaxembed._src.core import functional as F
 from jaxembed._src.core import initializers, sharding, validation
 from jaxembed._src.linen import sparse as sparse_linen
@@ -19,11 +23,30 @@ from jaxembed._src.linen import sparse as sparse_linen
 FROZEN_COLLECTION = "frozen"
 
 
+def init_key(module: nn.Module) -> jax.Array:
+    """The key for ``module.embedding_init``: the ``"params"`` RNG, as flax's ``self.param``
+    (``InvalidRngError`` without it, never a fixed key), except for a pretrained table, which
+    needs none."""
+    if initializers.is_pretrained(module.embedding_init) and not module.has_rng("params"):
+        return jax.random.key(0)  # unused by Pretrained
+    return module.make_rng("params")
+
+
 class Embed(nn.Module):
-    """torch's ``nn.Embedding`` with flax ``linen.Embed``'s attributes.
+    """torch's ``nn.Embedding`` with flax ``linen.Embed``'s attributes and dtypes.
+
+    A drop-in for ``flax.linen.Embed``: its attributes come first, in flax's order (so positional
+    arguments mean what they mean in flax), with flax's meaning: ``dtype`` None keeps the table's
+    dtype for the rows and promotes ``attend``'s operands to their common dtype; ``promote_dtype``
+    is flax's Linen (variadic) promotion function, called on the gathered rows as
+    ``promote_dtype(rows, dtype=dtype, inexact=False)`` and in ``attend`` as
+    ``promote_dtype(query, embedding, dtype=dtype)``; a stored table whose shape is not
+    ``(num_embeddings, features)`` raises flax's ``ScopeParamShapeError``. torch's options follow,
+    keyword-only. Options are those of ``jaxembed.Embed``; see its docstring. The default init is
+    torch's N(0, 1); flax's is ``jaxembed.flax_embed_init``.
 
     The table is the variable ``embedding`` in ``params`` (or in ``"frozen"`` when ``freeze``).
-    Options are those of ``jaxembed.Embed``; see its docstring.
+    ``jaxembed.linen.TrainState`` carries both collections and max_norm's write-back.
 
     max_norm and persistence: torch renorms the stored weight in place on every forward. Here the
     forward always returns the renormed rows, and the renormed table is written back when the
@@ -44,15 +67,19 @@ class Embed(nn.Module):
     torch's RuntimeError at construction (torch raises at backward).
     """
 
+    # flax.linen.Embed's attributes, in its order.
     num_embeddings: int
     features: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    embedding_init: Callable = initializers.default_embed_init
+    promote_dtype: Callable = linen_dtypes.promote_dtype
+    # torch's options, keyword-only.
+    _: dataclasses.KW_ONLY
     padding_idx: int | None = None
     max_norm: float | None = None
     norm_type: float = 2.0
     scale_grad_by_freq: bool = False
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    embedding_init: Callable = initializers.default_embed_init
     freeze: bool = False
     sparse: bool = False
 
@@ -75,9 +102,8 @@ class Embed(nn.Module):
 
     def setup(self):
         def init():
-            key = self.make_rng("params") if self.has_rng("params") else jax.random.key(0)
             table = initializers.init_table(
-                key,
+                init_key(self),
                 self.num_embeddings,
                 self.features,
                 self.param_dtype,
@@ -87,6 +113,15 @@ class Embed(nn.Module):
             return sharding.place_partitioned(table)
 
         self.table = self.variable(self._collection, "embedding", init)
+        shape = jnp.shape(self.table.value)
+        if shape != (self.num_embeddings, self.features):  # as flax's self.param
+            raise errors.ScopeParamShapeError(
+                "embedding", self.scope.path_text, shape, (self.num_embeddings, self.features)
+            )
+
+    @property
+    def _promote(self) -> Callable:
+        return dtypes.from_variadic(self.promote_dtype)
 
     @classmethod
     def from_pretrained(
@@ -143,7 +178,8 @@ class Embed(nn.Module):
         """
         if self.sparse and not self.freeze:
             validation.check_sparse_unsharded(out_sharding)
-            return sparse_linen.lookup(self, inputs)
+            rows = sparse_linen.lookup(self, inputs)
+            return dtypes.promote_rows(rows, self.dtype, self._promote)
         table = self.table.value
         rules = dict(
             padding_idx=self._padding_idx,
@@ -164,10 +200,13 @@ class Embed(nn.Module):
             and self.is_mutable_collection(self._collection)
         ):
             self.table.value = table  # torch's in-place renorm
-        return rows if self.dtype is None else rows.astype(self.dtype)
+        return dtypes.promote_rows(rows, self.dtype, self._promote)
 
     def attend(self, query, out_sharding=None) -> jax.Array:
-        """Tied logits ``query @ embedding.T``, as flax's ``Embed.attend``; a row-sharded table
-        gives vocab-sharded logits without communication. ``out_sharding``: their layout."""
+        """Tied logits ``query @ embedding.T``, promoted as flax's Linen ``Embed.attend`` (with
+        ``dtype`` None, a float32 query and a bfloat16 table give float32 logits, as in flax); a
+        row-sharded table gives vocab-sharded logits without communication. ``out_sharding``:
+        their layout."""
         validation.check_attend_not_sparse(self.sparse, self.freeze)
-        return sharding.constrain(F.attend(query, self.table.value, self.dtype), out_sharding)
+        logits = F.attend(query, self.table.value, self.dtype, self._promote)
+        return sharding.constrain(logits, out_sharding)

@@ -13,7 +13,7 @@ from flax import linen as nn
 
 from jaxembed._src.core import initializers, validation
 from jaxembed._src.core.embedding_bag import embedding_bag_and_renorm
-from jaxembed._src.linen.embed import FROZEN_COLLECTION
+from jaxembed._src.linen.embed import FROZEN_COLLECTION, init_key
 
 
 class EmbeddingBag(nn.Module):
@@ -55,9 +55,8 @@ class EmbeddingBag(nn.Module):
 
     def setup(self):
         def init():
-            key = self.make_rng("params") if self.has_rng("params") else jax.random.key(0)
             return initializers.init_table(
-                key,
+                init_key(self),
                 self.num_embeddings,
                 self.features,
                 self.param_dtype,

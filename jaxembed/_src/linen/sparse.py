@@ -50,7 +50,7 @@ def lookup(module, inputs) -> jax.Array:
         and module.is_mutable_collection(SPARSE_COLLECTION)
     ):
         module.table.value = new_table  # torch's in-place renorm
-    return rows if module.dtype is None else rows.astype(module.dtype)
+    return rows  # in the table's dtype; the module promotes them to its dtype
 
 
 def row_probes(module, variables, *args, method=None, **kwargs):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxembed._src.core import functional as F
-from jaxembed._src.core import initializers, sharding, validation
+from jaxembed._src.core import dtypes, initializers, sharding, validation
 from jaxembed._src.nnx import sparse as sparse_nnx
 
 
@@ -26,7 +26,12 @@ class FrozenParam(nnx.Variable):
 
 
 class Embed(nnx.Module):
-    """torch's ``nn.Embedding`` with flax ``nnx.Embed``'s attributes.
+    """torch's ``nn.Embedding`` with flax ``nnx.Embed``'s constructor, attributes and dtypes.
+
+    A drop-in for ``flax.nnx.Embed``: every flax keyword has flax's meaning, and
+    ``.num_embeddings``, ``.features``, ``.dtype``, ``.param_dtype``, ``.promote_dtype`` and
+    ``.embedding`` are as flax sets them. What changes is torch's rules: the default init,
+    out-of-range ids, and the options flax lacks (docs/migrating-from-flax.md lists each).
 
     Args:
       num_embeddings: number of rows (torch's ``num_embeddings``).
@@ -39,11 +44,16 @@ class Embed(nnx.Module):
         not multiplied by the renorm scale (torch).
       norm_type: the p of that norm.
       scale_grad_by_freq: divide each position's gradient by its id's count in the input.
-      dtype: output dtype; the gathered rows are cast, not the whole table (flax casts the table).
-        None keeps the table's dtype.
+      dtype: the rows' and ``attend``'s dtype, as flax; None -> the table's dtype, and
+        ``.dtype`` then holds it (flax). The gathered rows are promoted, not the whole table
+        (flax casts the table): the values are flax's, torch's rules run in ``param_dtype``.
       param_dtype: the table's dtype.
       embedding_init: ``(key, shape, dtype) -> table``. Default N(0, 1) as torch; flax's default
-        is variance scaling with std ``1/sqrt(features)``.
+        (variance scaling, std ``1/sqrt(features)``) is ``jaxembed.flax_embed_init``.
+      promote_dtype: flax's promotion function, called as flax calls it:
+        ``promote_dtype((rows,), dtype=self.dtype, inexact=False)`` on the gathered rows and
+        ``promote_dtype((query, embedding), dtype=self.dtype)`` in ``attend``. Default flax's
+        ``flax.nnx.nn.dtypes.promote_dtype``.
       freeze: store the table as a :class:`FrozenParam` (not trainable) instead of ``nnx.Param``.
       sparse: torch's ``sparse=True``: the table is a ``jaxembed.sparse.SparseParam`` trained
         from row-sparse gradients (``jaxembed.sparse.value_and_grad`` and
@@ -71,6 +81,7 @@ class Embed(nnx.Module):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         embedding_init: Callable = initializers.default_embed_init,
+        promote_dtype: Callable = dtypes.promote_dtype,
         freeze: bool = False,
         sparse: bool = False,
         rngs: nnx.Rngs,
@@ -84,8 +95,8 @@ class Embed(nnx.Module):
         self.max_norm = max_norm
         self.norm_type = norm_type
         self.scale_grad_by_freq = scale_grad_by_freq
-        self.dtype = dtype
         self.param_dtype = param_dtype
+        self.promote_dtype = promote_dtype
         self.freeze = freeze
         self.sparse = sparse
         table = initializers.init_table(
@@ -97,6 +108,8 @@ class Embed(nnx.Module):
         else:
             variable = FrozenParam if freeze else nnx.Param
             self.embedding = variable(table, **embedding_metadata)
+        # flax: ``dtype or self.embedding.dtype``: None resolves to the table's dtype.
+        self.dtype = self.embedding.dtype if dtype is None else dtype
 
     @classmethod
     def from_pretrained(
@@ -110,6 +123,7 @@ class Embed(nnx.Module):
         dtype: Any = None,
         embedding_metadata: Mapping[str, Any] = MappingProxyType({}),
         sparse: bool = False,
+        promote_dtype: Callable = dtypes.promote_dtype,
     ) -> "Embed":
         """torch's ``nn.Embedding.from_pretrained``: a module holding ``embeddings``.
 
@@ -122,6 +136,7 @@ class Embed(nnx.Module):
             norm_type=norm_type,
             scale_grad_by_freq=scale_grad_by_freq,
             dtype=dtype,
+            promote_dtype=promote_dtype,
             **initializers.pretrained_kwargs(embeddings, freeze),
             sparse=sparse,
             rngs=nnx.Rngs(0),  # unused by Pretrained
@@ -136,7 +151,8 @@ class Embed(nnx.Module):
         """
         if self.sparse and not self.freeze:
             validation.check_sparse_unsharded(out_sharding)
-            return sparse_nnx.lookup(self, inputs)
+            rows = sparse_nnx.lookup(self, inputs)
+            return dtypes.promote_rows(rows, self.dtype, self.promote_dtype)
         table = self.embedding.get_value()
         rules = dict(
             padding_idx=self.padding_idx,
@@ -154,10 +170,12 @@ class Embed(nnx.Module):
             )
         if self.max_norm is not None:
             self.embedding.set_value(table)  # torch's in-place renorm
-        return rows if self.dtype is None else rows.astype(self.dtype)
+        return dtypes.promote_rows(rows, self.dtype, self.promote_dtype)
 
     def attend(self, query, out_sharding=None) -> jax.Array:
-        """Tied logits ``query @ embedding.T``, as flax's ``Embed.attend``; a row-sharded table
-        gives vocab-sharded logits without communication. ``out_sharding``: their layout."""
+        """Tied logits ``query @ embedding.T`` in ``.dtype``, as flax's ``Embed.attend`` (a
+        bfloat16 table gives bfloat16 logits); a row-sharded table gives vocab-sharded logits
+        without communication. ``out_sharding``: their layout."""
         validation.check_attend_not_sparse(self.sparse, self.freeze)
-        return sharding.constrain(F.attend(query, self.embedding.get_value(), self.dtype), out_sharding)
+        logits = F.attend(query, self.embedding.get_value(), self.dtype, self.promote_dtype)
+        return sharding.constrain(logits, out_sharding)

@@ -65,7 +65,7 @@ def lookup(embed, inputs) -> jax.Array:
     embed.row_ids.set_value(S.row_ids(inputs, embed.num_embeddings, embed.padding_idx))
     if embed.max_norm is not None:
         embed.embedding.set_value(new_table)  # torch's in-place renorm
-    return rows if embed.dtype is None else rows.astype(embed.dtype)
+    return rows  # in the table's dtype; the module promotes them to its dtype
 
 
 def _sparse_embeds(model) -> dict:

@@ -11,15 +11,19 @@ torch is imported only inside the torch runner.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import linen as nn
 from flax import nnx
 
 from jaxembed._src.core import functional as F
 from jaxembed._src import interop
 from jaxembed._src.linen import embed as linen_embed
+from jaxembed._src.linen import train_state as linen_train_state
 from jaxembed._src.nnx.embed import Embed
 
 @dataclasses.dataclass(frozen=True)
@@ -159,32 +163,36 @@ def _train_nnx(table, other, ids, targets, tx, freeze, options):
     return model.embed.embedding.get_value()
 
 
+class _LinenModel(nn.Module):
+    table: Any
+    other: Any
+    freeze: bool
+    options: Any
+
+    @nn.compact
+    def __call__(self, ids):
+        embed = linen_embed.Embed.from_pretrained(self.table, freeze=self.freeze, name="embed",
+                                                  **dict(self.options))
+        rows = embed(ids)
+        return rows * self.param("other", lambda key: self.other) if self.freeze else rows
+
+
 def _train_linen(table, other, ids, targets, tx, freeze, options):
-    module = linen_embed.Embed.from_pretrained(table, freeze=freeze, **options)
-    variables = module.init(jax.random.key(0), ids[0])
-    collection = module._collection
-    params = {"other": other} if freeze else {"embed": variables["params"]}
-    frozen = variables.get(linen_embed.FROZEN_COLLECTION, {})
+    model = _LinenModel(table, other, freeze, tuple(options.items()))
+    state = linen_train_state.TrainState.create(
+        apply_fn=model.apply, variables=model.init(jax.random.key(0), ids[0]), tx=tx
+    )
 
     @jax.jit
-    def step(params, frozen, opt_state, ids, tgt):
+    def step(state, ids, tgt):
         def loss(params):
-            vars_in = {linen_embed.FROZEN_COLLECTION: frozen} if freeze else {
-                "params": params["embed"]}
-            rows, new_vars = module.apply(vars_in, ids, mutable=[collection])
-            rows = rows * params["other"] if freeze else rows
-            return _loss(rows, tgt), new_vars[collection]
+            rows, mutated = state.apply(params, ids)  # max_norm's renorm comes back in mutated
+            return _loss(rows, tgt), mutated
 
-        grads, renormed = jax.grad(loss, has_aux=True)(params)
-        if freeze:
-            frozen = renormed
-        else:
-            params = {**params, "embed": renormed}
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), frozen, opt_state
+        grads, mutated = jax.grad(loss, has_aux=True)(state.params)
+        return state.apply_gradients(grads=grads, mutated=mutated)
 
-    opt_state = tx.init(params)
     for i, t in zip(ids, targets):
-        params, frozen, opt_state = step(params, frozen, opt_state, i, t)
-    return (frozen if freeze else params["embed"])["embedding"]
-
+        state = step(state, i, t)
+    collection = linen_embed.FROZEN_COLLECTION if freeze else "params"
+    return state.variables[collection]["embed"]["embedding"]

