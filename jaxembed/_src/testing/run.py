@@ -6,8 +6,9 @@ NNX ``model.eval()``, Linen without an rng for dropout. The models passed in are
 torch runs on a deep copy, NNX on ``nnx.clone``, Linen on its (immutable) variables.
 
 The float64 run is the same run with every floating parameter, input, target and cotangent
-cast to float64 (torch ``model.double()``; JAX under ``jax.enable_x64``), from the same values:
-the float32 numbers, exactly, in a wider type.
+cast to float64 (torch ``model.double()``; JAX under ``jax.enable_x64``, every floating
+variable cast and every module's floating ``dtype`` attribute set to float64), from the same
+values: the float32 numbers, exactly, in a wider type.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Spec:
     jit: bool
     seed: int
     pmap: ParamMap
+    weights: bool = False  # record the starting weights (the weights stage)
     cotangents: dict[str, np.ndarray] | None = None  # set by the first (torch) run
 
 
@@ -170,9 +172,11 @@ def run_torch(torch_model, spec: Spec, precision: str) -> Run:
     inputs = _torch_arrays(spec.inputs, precision)
     targets = _torch_arrays(spec.targets, precision)
     call = spec.torch_call or (lambda m, *a, **k: m(*a, **k))
-    state = model.state_dict()
-    weights = {e.torch_name: e.to_jax(_torch_numpy(state[e.torch_name]))
-               for e in spec.pmap.entries}
+    weights = {}
+    if spec.weights:  # the weights stage (the port loaded its own weights)
+        state = model.state_dict()
+        weights = {e.torch_name: e.to_jax(_torch_numpy(state[e.torch_name]))
+                   for e in spec.pmap.entries}
 
     recorded: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
@@ -264,6 +268,26 @@ def _jax_loss(spec: Spec, out, targets, cot):
 def _widen_tree(tree):
     return jax.tree.map(
         lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def _widen_nnx(model) -> None:
+    """The model in float64: every floating variable, and every module's floating ``dtype``
+    (flax's computation dtype; jaxembed's ``Embed`` resolves None to the table's dtype)."""
+    for _, var in nnx.to_flat_state(nnx.state(model)):
+        value = var.get_value()
+        if isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jnp.floating):
+            var.set_value(value.astype(jnp.float64))
+    for _, module in nnx.iter_modules(model):
+        dtype = getattr(module, "dtype", None)
+        if dtype is not None and _is_float_dtype(dtype):
+            module.dtype = jnp.float64
+
+
+def _is_float_dtype(dtype) -> bool:
+    try:
+        return jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+    except TypeError:
+        return False
 
 
 def _value(x):
@@ -358,10 +382,7 @@ def run_nnx(jax_model, spec: Spec, precision: str) -> Run:
     with jax.enable_x64(precision == FLOAT64):
         model = nnx.clone(jax_model)
         if precision == FLOAT64:
-            for _, var in nnx.to_flat_state(nnx.state(model)):
-                value = var.get_value()
-                if isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jnp.floating):
-                    var.set_value(value.astype(jnp.float64))
+            _widen_nnx(model)
         model.eval()
         variables = dict(nnx.to_flat_state(nnx.state(model)))
         entries = spec.pmap.entries
@@ -369,7 +390,7 @@ def run_nnx(jax_model, spec: Spec, precision: str) -> Run:
         def snapshot():
             return {e.torch_name: np.asarray(variables[e.jax_path].get_value()) for e in entries}
 
-        weights = snapshot()
+        weights = snapshot() if spec.weights else {}
         jax_to_torch = _jax_to_torch(spec.pmap)
         _nnx_record(model, jax_to_torch)
         inputs = _jax_arrays(spec.inputs, precision)
@@ -461,7 +482,7 @@ def run_linen(jax_model, spec: Spec, precision: str) -> Run:
             flat = traverse_util.flatten_dict(variables)
             return {e.torch_name: np.asarray(flat[e.jax_path]) for e in entries}
 
-        weights = snapshot(variables)
+        weights = snapshot(variables) if spec.weights else {}
         jax_to_torch = _jax_to_torch(spec.pmap)
         inputs = _jax_arrays(spec.inputs, precision)
         targets = _jax_arrays(spec.targets, precision)

@@ -142,7 +142,8 @@ def compare(
         else:
             jax_model = copy_weights(torch_model, nnx.clone(jax_model), pmap)
     spec = R.Spec(_batch(inputs), _arrays(targets), torch_call,
-                  jax_call, torch_loss, jax_loss, optimizer, steps, gradients, jit, seed, pmap)
+                  jax_call, torch_loss, jax_loss, optimizer, steps, gradients, jit, seed, pmap,
+                  weights=not load_weights)
     run_jax = R.run_linen if linen else R.run_nnx
     timings, notes = {}, []
 
