@@ -273,10 +273,13 @@ def _widen_tree(tree):
 def _widen_nnx(model) -> None:
     """The model in float64: every floating variable, and every module's floating ``dtype``
     (flax's computation dtype; jaxembed's ``Embed`` resolves None to the table's dtype)."""
-    for _, var in nnx.to_flat_state(nnx.state(model)):
-        value = var.get_value()
-        if isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jnp.floating):
-            var.set_value(value.astype(jnp.float64))
+    floats = [var for _, var in nnx.to_flat_state(nnx.state(model))
+              if isinstance(var.get_value(), jax.Array)
+              and jnp.issubdtype(var.get_value().dtype, jnp.floating)]
+    # one compiled cast for all of them (a cast per shape would compile a dozen times)
+    wide = jax.jit(lambda vs: [v.astype(jnp.float64) for v in vs])([v.get_value() for v in floats])
+    for var, value in zip(floats, wide):
+        var.set_value(value)
     for _, module in nnx.iter_modules(model):
         dtype = getattr(module, "dtype", None)
         if dtype is not None and _is_float_dtype(dtype):
@@ -426,8 +429,12 @@ def run_nnx(jax_model, spec: Spec, precision: str) -> Run:
                 raise ValueError(f"{pair.label} has no optax transformation for nnx.Param")
             if has_sparse and pair.sparse is None:
                 raise ValueError(f"{pair.label} has no sparse optimizer for the sparse tables")
-            opt = nnx.Optimizer(model, pair.optax, wrt=nnx.Param) if has_params else None
-            sopt = sparse_nnx.Optimizer(model, pair.sparse) if has_sparse else None
+
+            def optimizers(m):  # jitted: the states' zeros in one compile, not one per shape
+                return (nnx.Optimizer(m, pair.optax, wrt=nnx.Param) if has_params else None,
+                        sparse_nnx.Optimizer(m, pair.sparse) if has_sparse else None)
+
+            opt, sopt = (nnx.jit(optimizers) if spec.jit else optimizers)(model)
 
         def train_step(m, opt, sopt, inputs, targets, cot):
             loss, aux, grads, rows = value_and_grads(m, inputs, targets, cot)
