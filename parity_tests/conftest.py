@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxembed._src.tools.parity import eps_of, ulp_distance  # noqa: F401 (one definition, shared)
+from jaxembed._src.testing.compare import eps_of, ulp_distance  # noqa: F401 (one definition, shared)
 
 torch.manual_seed(0)
 

@@ -29,6 +29,8 @@ import numpy as np
 
 from jaxembed._src.core import functional as F
 from jaxembed._src import interop, tolerances
+from jaxembed._src.testing.compare import abs_diff, eps_of, ulp_distance, within  # one definition
+from jaxembed._src.testing.report import format_table as _format_rows, json_safe
 from jaxembed._src.tolerances import Tolerance
 from jaxembed._src.tools.cli import ArgumentParser
 
@@ -44,50 +46,6 @@ MISSING_TORCH_EXIT = 3
 # ---------------------------------------------------------------------------------------------
 # Comparisons
 # ---------------------------------------------------------------------------------------------
-
-
-def ulp_distance(a, b) -> int:
-    """Max distance in units in the last place between two same-dtype float arrays.
-
-    NaNs must sit at the same positions (AssertionError otherwise); +0 and -0 count as equal.
-    """
-    a = np.asarray(a)
-    b = np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    assert a.dtype == b.dtype, (a.dtype, b.dtype)
-    if a.size == 0:
-        return 0
-    nan_a, nan_b = np.isnan(a.astype(np.float64)), np.isnan(b.astype(np.float64))
-    assert np.array_equal(nan_a, nan_b), "NaN positions differ"
-    bits = {2: np.int16, 4: np.int32, 8: np.int64}[a.dtype.itemsize]
-    ia = a.view(bits).astype(np.int64)
-    ib = b.view(bits).astype(np.int64)
-    magnitude = np.int64(np.iinfo(bits).max)
-    # Map sign-magnitude bit patterns onto a monotonic integer line.
-    ia = np.where(ia < 0, -(ia & magnitude), ia)
-    ib = np.where(ib < 0, -(ib & magnitude), ib)
-    return int(np.max(np.abs(ia - ib)[~nan_a]) if (~nan_a).any() else 0)
-
-
-def abs_diff(a, b) -> np.ndarray:
-    """``|a - b|`` in float64, 0 where both are NaN."""
-    d = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
-    return np.where(np.isnan(d), 0.0, d)
-
-
-def eps_of(dtype) -> float:
-    return float(jnp.finfo(dtype).eps)
-
-
-def within(got, want, tol: Tolerance) -> bool:
-    """Whether ``got`` matches ``want`` under ``tol`` (see :class:`Tolerance`)."""
-    if tol.ulp is not None:
-        return ulp_distance(got, want) <= tol.ulp
-    diff = abs_diff(got, want)
-    if tol.bound is not None:
-        return bool(np.all(diff <= tol.bound))
-    scale = float(np.max(np.abs(np.asarray(want, np.float64)), initial=0.0))
-    return bool(np.all(diff <= tol.normwise_eps * eps_of(np.asarray(want).dtype) * scale))
 
 
 def grad_tolerance(backend, gout, ids, num_embeddings, counts=None) -> Tolerance:
@@ -336,20 +294,12 @@ def run_case(case: Case, backend: str, device: str) -> Result:
 
 def format_table(results: list[Result]) -> str:
     header = ("case", "backend", "dtype", "max abs diff", "max ulp diff", "tolerance", "result")
-    rows = [header] + [
+    return _format_rows(header, [
         (r.case, f"{r.backend}/torch:{r.torch_device}", r.dtype, f"{r.max_abs_diff:.3g}",
          "-" if r.max_ulp_diff is None else str(r.max_ulp_diff), r.tolerance,
          "pass" if r.passed else "FAIL")
         for r in results
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _json_safe(d: dict) -> dict:
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}
+    ])
 
 
 def _check_json_path(parser, path: str) -> None:
@@ -424,7 +374,7 @@ def main(argv=None) -> int:
             "backend": backend,
             "device": jax.devices()[0].device_kind,
             "torch_device": device,
-            "results": [_json_safe(dataclasses.asdict(r)) for r in results],
+            "results": [json_safe(dataclasses.asdict(r)) for r in results],
         })
         print(f"wrote {args.json}")
     return 1 if failed else 0

@@ -54,32 +54,22 @@ class OptimizerSpec:
             parts.append(f"wd={self.weight_decay}")
         return ",".join(parts)
 
-    def torch(self, params):
-        import torch
+    def pair(self):
+        """The same optimizer as a ``jaxembed.testing`` pair (torch.optim and optax)."""
+        from jaxembed._src.testing import optimizers
 
         if self.kind == "sgd":
-            return torch.optim.SGD(
-                params, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
-                weight_decay=self.weight_decay,
-            )
-        cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.kind]
-        return cls(params, lr=self.lr, betas=self.betas, eps=self.eps,
-                   weight_decay=self.weight_decay)
+            return optimizers.sgd(self.lr, self.momentum, self.nesterov, self.weight_decay)
+        if self.kind not in ("adam", "adamw"):
+            raise ValueError(f"kind must be 'sgd', 'adam' or 'adamw', got {self.kind!r}")
+        build = optimizers.adam if self.kind == "adam" else optimizers.adamw
+        return build(self.lr, self.betas, self.eps, self.weight_decay)
+
+    def torch(self, params):
+        return self.pair().torch(params)
 
     def optax(self) -> optax.GradientTransformation:
-        if self.kind == "adamw":
-            return optax.adamw(self.lr, *self.betas, eps=self.eps,
-                               weight_decay=self.weight_decay)
-        if self.kind == "sgd":
-            tx = optax.sgd(self.lr, momentum=self.momentum or None, nesterov=self.nesterov)
-        elif self.kind == "adam":
-            tx = optax.adam(self.lr, *self.betas, eps=self.eps)
-        else:
-            raise ValueError(f"kind must be 'sgd', 'adam' or 'adamw', got {self.kind!r}")
-        if self.weight_decay:
-            # torch adds weight_decay * param to the gradient before the rest of the step.
-            tx = optax.chain(optax.add_decayed_weights(self.weight_decay), tx)
-        return tx
+        return self.pair().optax
 
 
 def _loss(rows, targets):

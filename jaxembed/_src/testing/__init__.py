@@ -1,0 +1,1 @@
+"""``jaxembed.testing``'s implementation (the public names are in ``jaxembed/testing.py``)."""
