@@ -4,8 +4,8 @@
         [--seq 256] [--rounds 7] [--json]
 
 The 8 "devices" are XLA host devices sharing this machine's cores: the figures show the
-collectives and the per-device work, not a scaling result (see README, "Sharded
-(vocab-parallel) tables"). Benches, each a jitted function, run in interleaved rounds (every
+collectives and the per-device work, not a scaling result (see docs/guides/benchmarks.md,
+"Sharded tables"). Benches, each a jitted function, run in interleaved rounds (every
 bench once per round, so drift hits all alike); each sample is the mean over an inner loop of at
 least 50 ms after 3 warm-up calls; the median over rounds is reported.
 

@@ -1,6 +1,6 @@
 """Row-sparse gradients and sparse optimizers: torch's ``nn.Embedding(sparse=True)``.
 
-See the README section "Sparse gradients" for complete training steps (NNX, functional, Linen).
+The guide docs/guides/sparse.md has complete training steps (NNX, functional, Linen).
 
 * :class:`SparseRows`, :func:`row_gradients`: torch's sparse gradient, with static shapes.
 * :func:`sgd`, :func:`sparse_adam`, :func:`adagrad`: torch's optimizers on sparse gradients,

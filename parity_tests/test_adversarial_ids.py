@@ -16,7 +16,7 @@ ids arrive (eagerly; as a jit argument; closed over inside jit) and x64 on or of
 
 The one case no library can see, numpy int64 ids passed straight into ``jax.jit`` with x64 off
 (JAX narrows them before jaxembed runs), is not drawn; ``test_numpy_int64_into_jit_without_x64``
-pins what happens there, as the README states. The budget is JAXEMBED_HYPOTHESIS_EXAMPLES
+pins what happens there, as docs/guides/behaviour.md states. The budget is JAXEMBED_HYPOTHESIS_EXAMPLES
 (default 40 here, a few seconds).
 """
 
@@ -245,7 +245,7 @@ def test_adversarial_ids_keep_the_contract(c):
 
 
 def test_numpy_int64_into_jit_without_x64():
-    """The README's one unseeable case: with x64 off JAX narrows a numpy int64 jit argument to
+    """The one unseeable case of docs/guides/behaviour.md: with x64 off JAX narrows a numpy int64 jit argument to
     int32 (2**32 + 1 -> 1) before jaxembed runs, so no library can check it. Closing over the
     ids (or checking them eagerly first) or enabling x64 keeps the contract."""
     w = jnp.arange(18.0).reshape(6, 3)

@@ -183,7 +183,7 @@ def test_import_does_not_import_torch():
 
 
 # ---------------------------------------------------------------------------------------------
-# Import routes: the same defaults by every door (README "Importing tables")
+# Import routes: the same defaults by every door (docs/guides/pretrained.md)
 # ---------------------------------------------------------------------------------------------
 
 WORD = "embeddings.word_embeddings.weight"

@@ -62,7 +62,7 @@ def torch_run(frozen, trainable, ids, targets, spec):
 
 
 def jax_run(frozen, trainable, ids, targets, tx, *, pass_mutated=True):
-    """The README's Linen loop, with jaxembed.linen.TrainState."""
+    """The Linen loop of docs/guides/linen.md, with jaxembed.linen.TrainState."""
     model = Model(frozen, trainable)
     state = jl.TrainState.create(
         apply_fn=model.apply, variables=model.init(jax.random.key(0), ids[0]), tx=tx

@@ -469,7 +469,7 @@ def test_scalar_and_empty_inputs_match_torch(shape):
 
 
 def test_nnx_step_updates_in_place():
-    """The NNX step of the README (value_and_grad, nnx.Optimizer + sparse.Optimizer), donated:
+    """The NNX step of docs/guides/sparse.md (value_and_grad, nnx.Optimizer + sparse.Optimizer), donated:
     table, moments and probe are aliased, temporaries are O(n * D)."""
     big_v, d, n = 200_000, 64, 512
 

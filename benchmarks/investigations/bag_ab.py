@@ -26,7 +26,7 @@ import torch
 from jaxembed._src.core import embedding_bag as NEW
 from jaxembed._src.tools.bench.timing import run_interleaved
 
-# (V, D, bags, mean bag length): the grid of bench_bag.py / the README.
+# (V, D, bags, mean bag length): the grid of bench_bag.py / docs/guides/benchmarks.md.
 CONFIGS = [(10_000, 64, 256, 20), (50_000, 128, 2048, 32), (50_000, 768, 512, 8),
            (1_000_000, 128, 4096, 16)]
 

@@ -13,7 +13,7 @@ Sources a table can come from:
 
 Every conversion copies the bits: bfloat16 travels as its 16-bit pattern, never through float32.
 
-The options are the same by every route (README "Importing tables" has the table):
+The options are the same by every route (docs/guides/pretrained.md has the table):
 
 * ``freeze``: ``None`` (default) keeps the source's own: frozen only when the source says so (a
   torch module whose weight has ``requires_grad=False``, or an integer table, which torch cannot
@@ -252,7 +252,7 @@ def torch_options(module) -> dict[str, Any]:
     """The options of a ``torch.nn.Embedding`` / ``nn.EmbeddingBag`` under jaxembed's names.
 
     ``freeze`` is ``not weight.requires_grad``. An ``nn.Embedding``'s ``sparse`` becomes
-    jaxembed's ``sparse`` (row-sparse training, README "Sparse gradients"); jaxembed's
+    jaxembed's ``sparse`` (row-sparse training, docs/guides/sparse.md); jaxembed's
     EmbeddingBag has no sparse layout (its dense gradient equals torch's coalesced sparse one),
     so a bag's ``sparse`` is not carried over.
     """

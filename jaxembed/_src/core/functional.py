@@ -309,7 +309,7 @@ def _lookup_jvp(rule: _GradRule, primals, tangents):
     if rule.scale_grad_by_freq:
         # Counts over the whole input, padding positions included (torch). torch adds each
         # contribution as fma(g, float32(1/count), acc); we round g * (1/count) first, which is
-        # within 1 rounding of the product per term (see README for the measured bound).
+        # within 1 rounding of the product per term (measured: docs/guides/exactness.md).
         out_dot = divide_by_count(out_dot, rule.counts_at(ids), table.dtype)
     if rule.padding_idx is not None:
         out_dot = jnp.where((ids == rule.padding_idx)[..., None], 0, out_dot)
@@ -351,7 +351,7 @@ def embedding(
         whole input (padding positions counted, as torch).
       sparse: torch's row-sparse gradient. The rows are the same, but ``weight`` gets no
         gradient: differentiate w.r.t. the returned rows and turn that into torch's sparse
-        gradient with ``jaxembed.sparse.row_gradients`` (see the README, "Sparse gradients").
+        gradient with ``jaxembed.sparse.row_gradients`` (docs/guides/sparse.md).
         With ``scale_grad_by_freq`` this raises torch's RuntimeError.
 
     Returns:
@@ -365,7 +365,7 @@ def embedding(
     ``checkify.checkify(f, errors=checkify.index_checks)`` reports it; 64-bit ids are compared
     in their own dtype before they are narrowed. Negative ids never wrap around. (numpy int64
     ids passed as a ``jax.jit`` argument with x64 off are narrowed by JAX before this function
-    runs: see the README, "Out-of-range ids".)
+    runs: see docs/guides/behaviour.md, "Out-of-range ids".)
 
     Dtypes: any integer id dtype, torch tensors included. A 64-bit ``weight`` with x64 off
     raises ``ValueError`` (JAX would narrow it silently); the forward copies every bit, NaN

@@ -495,7 +495,7 @@ def count_out_of_range(input, num_embeddings: int) -> jax.Array:
     0.10.2 ``checkify.checkify`` raises a ``ValueError`` ("context mesh ... should match the
     aval mesh") on any ``shard_map`` whose body has a checked operation or that follows one, so
     no checkify error set can transform a vocab-parallel step. Return this count from the step
-    and raise on the host (see the README, "Out-of-range ids"). Ids split over a mesh axis cost
+    and raise on the host (see docs/guides/sharding.md). Ids split over a mesh axis cost
     one all-reduce of a scalar.
     """
     # 64-bit ids out of range are masked to num_embeddings in their own dtype before narrowing
@@ -607,7 +607,7 @@ def vocab_parallel_embedding_bag_and_renorm(
 
     Exactness: max is bit-exact; sums add each device's partial sum (in input order) across
     devices, another order than one device's: within a few eps of the sum of magnitudes
-    (README, "Sharded (vocab-parallel) tables").
+    (docs/guides/sharding.md).
     """
     ids, weight, offsets, psw, padding_idx, bags = EB.prepare(
         input, weight, offsets, scale_grad_by_freq, mode, per_sample_weights,

@@ -62,7 +62,7 @@ class Embed(nn.Module):
 
     ``sparse=True`` (torch's row-sparse gradient): the table lives in ``"sparse_params"`` and is
     trained by a ``jaxembed.sparse`` optimizer from the rows' gradients (probes in
-    ``"row_probes"``, ids in ``"row_ids"``; README "Sparse gradients"). With max_norm the renorm
+    ``"row_probes"``, ids in ``"row_ids"``; docs/guides/sparse.md). With max_norm the renorm
     is stored when ``"sparse_params"`` is mutable. ``scale_grad_by_freq`` with ``sparse`` raises
     torch's RuntimeError at construction (torch raises at backward).
     """

@@ -44,7 +44,7 @@ class TrainState(train_state.TrainState):
     ``"frozen"``, ``"batch_stats"``). They are passed to every :meth:`apply`, made mutable there,
     and never differentiated, so no optax transformation (weight decay included) changes a
     frozen table; only max_norm's renorm does, as in torch. Tables with ``sparse=True`` are
-    trained by ``jaxembed.sparse``'s optimizers instead (README "Sparse gradients");
+    trained by ``jaxembed.sparse``'s optimizers instead (docs/guides/sparse.md);
     :meth:`create` refuses them.
     """
 
@@ -64,7 +64,7 @@ class TrainState(train_state.TrainState):
             if sparse:
                 raise ValueError(
                     f"variables hold the sparse=True collections {sparse}: train those tables "
-                    "with jaxembed.sparse's optimizers (README 'Sparse gradients'), not optax "
+                    "with jaxembed.sparse's optimizers (docs/guides/sparse.md), not optax "
                     "through TrainState, which would never update them"
                 )
             kwargs["collections"] = collections

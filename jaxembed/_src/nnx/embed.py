@@ -57,7 +57,7 @@ class Embed(nnx.Module):
       freeze: store the table as a :class:`FrozenParam` (not trainable) instead of ``nnx.Param``.
       sparse: torch's ``sparse=True``: the table is a ``jaxembed.sparse.SparseParam`` trained
         from row-sparse gradients (``jaxembed.sparse.value_and_grad`` and
-        ``jaxembed.sparse.Optimizer``; README "Sparse gradients"). With ``scale_grad_by_freq``
+        ``jaxembed.sparse.Optimizer``; docs/guides/sparse.md). With ``scale_grad_by_freq``
         this raises torch's RuntimeError here (torch raises at backward). A row-sharded sparse
         table (``embedding_metadata``) is updated row-sharded, each device its own rows.
       rngs: ``nnx.Rngs`` for the init.

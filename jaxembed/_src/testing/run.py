@@ -475,7 +475,7 @@ def run_linen(jax_model, spec: Spec, precision: str) -> Run:
     if "sparse_params" in variables:
         raise NotImplementedError(
             "jaxembed.testing compares Linen models whose tables are dense; a Linen "
-            "Embed(sparse=True) needs the row-probe training step (README 'Sparse gradients', "
+            "Embed(sparse=True) needs the row-probe training step (docs/guides/sparse.md, "
             "Linen). Compare the NNX module instead (jaxembed.Embed(sparse=True)).")
     with jax.enable_x64(precision == FLOAT64):
         variables = jax.tree.map(jnp.asarray, dict(variables))

@@ -65,7 +65,7 @@ def run_interleaved(benches: dict[str, Callable[[], object]], reps: int, warmup:
 
 # jemalloc with retained pages: freed buffers are reused without fresh page faults, as a GPU
 # caching allocator does. glibc malloc returns large buffers to the OS, so every dense gradient
-# pays first-touch faults (2-9x on a 2-core VM; see the README's Benchmarks section).
+# pays first-touch faults (2-9x on a 2-core VM; see docs/guides/benchmarks.md).
 RECOMMENDED_ENV = {
     "LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
     "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1",
