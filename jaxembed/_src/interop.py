@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from jaxembed._src.core import validation
 from jaxembed._src.core.arrays import is_torch as _is_torch
 from jaxembed._src.core.arrays import torch_to_numpy  # noqa: F401 (re-exported: tools use it)
 from jaxembed._src.linen import embed as linen_embed
@@ -330,18 +331,6 @@ def table_of(source, key: str | None = None, variables=None) -> np.ndarray:
     return np.asarray(_entry(source, key)[0])
 
 
-def _x64_refusal(dtype: np.dtype, where: str) -> str | None:
-    """Why JAX cannot hold a table of ``dtype`` unchanged, or None."""
-    if dtype.itemsize != 8 or dtype.kind not in "fiuc" or jax.config.jax_enable_x64:
-        return None
-    narrow = {"f": "float32", "i": "int32", "u": "uint32", "c": "complex64"}[dtype.kind]
-    verb = "narrow" if dtype.kind in "fc" else "truncate"
-    return (f"{where}: the table is {dtype} but jax_enable_x64 is off, so JAX would {verb} it to "
-            f"{narrow}; enable x64 (jax.config.update('jax_enable_x64', True)) or pass "
-            f"param_dtype=jnp.{narrow}" + (" (refused if a value does not fit)"
-                                           if dtype.kind in "iu" else ""))
-
-
 def _convert(table: np.ndarray, param_dtype, where: str) -> np.ndarray:
     """The stored table as ``param_dtype`` (an explicit request), never silently wrong."""
     target = np.dtype(param_dtype)
@@ -372,9 +361,10 @@ def _resolve(source, key, freeze, options) -> tuple[np.ndarray, dict, str]:
     param_dtype = options.get("param_dtype")
     if param_dtype is not None:
         table = _convert(table, param_dtype, where)
-    refusal = _x64_refusal(table.dtype, where)
-    if refusal:
-        raise ValueError(refusal)
+    narrowed = np.dtype(jax.dtypes.canonicalize_dtype(table.dtype))
+    validation.check_not_narrowed(
+        table, f"{where}: the table", convert=f"pass param_dtype=jnp.{narrowed}"
+        + (" (refused if a value does not fit)" if table.dtype.kind in "iu" else ""))
     if merged.get("freeze") is None:
         # Trainable unless the source says frozen; torch cannot train an integer table either.
         merged["freeze"] = not np.issubdtype(table.dtype, np.inexact)

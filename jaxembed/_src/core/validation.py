@@ -84,22 +84,25 @@ def check_sizes(num_embeddings, features) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def check_not_narrowed(array, argname: str) -> None:
+def check_not_narrowed(array, argname: str, convert: str | None = None) -> None:
     """Refuses an array that JAX would narrow silently: a 64-bit dtype (float64, int64, uint64,
     complex128) while ``jax_enable_x64`` is off. ``jnp.asarray`` would turn float64 into float32
     and truncate int64 to int32 without a word; the caller decides instead.
 
     The one rule for every table and weight argument (``from_pretrained``, ``Pretrained``, the
     functional ``weight``, ``per_sample_weights``, ``jaxembed.interop``). Raises ``ValueError``
-    naming the argument, its dtype and both ways out.
+    naming the argument, its dtype and both ways out; ``convert`` replaces the default second
+    way (``argname.astype(...)``) where the caller has its own (interop's ``param_dtype=``).
     """
     dtype = np.dtype(array.dtype)
     narrowed = np.dtype(jax.dtypes.canonicalize_dtype(dtype))
     if narrowed != dtype:
+        if convert is None:
+            convert = f"convert it explicitly (e.g. {argname}.astype(np.{narrowed}))"
         raise ValueError(
             f"{argname} has dtype {dtype}, which JAX would silently narrow to {narrowed} because "
             "jax_enable_x64 is off. Enable x64 to keep it (jax.config.update('jax_enable_x64', "
-            f"True)), or convert it explicitly (e.g. {argname}.astype(np.{narrowed}))."
+            f"True)), or {convert}."
         )
 
 
