@@ -356,7 +356,7 @@ def test_int64_table_is_refused_never_truncated(make, tmp_path):
     np.testing.assert_array_equal(m.embedding.get_value(), small)
     path = tmp_path / "ints.safetensors"
     interop.save_safetensors(path, big)
-    with pytest.raises(ValueError, match="ints.safetensors \\[weight\\]: the table is int64"):
+    with pytest.raises(ValueError, match="ints.safetensors \\[weight\\]: the table has dtype int64"):
         interop.to_linen(path)
 
 

@@ -76,7 +76,9 @@ def lookup(module, inputs, out_sharding=None) -> jax.Array:
     )
     if recording:
         ids = S.row_ids(inputs, module.num_embeddings, module._padding_idx)
-        module.put_variable(IDS_COLLECTION, _NAME, jnp.concatenate([recorded.astype(ids.dtype), ids]))
+        if start:  # the first lookup's ids as they are (concatenate refuses mixed shardings)
+            ids = jnp.concatenate([recorded.astype(ids.dtype), ids])
+        module.put_variable(IDS_COLLECTION, _NAME, ids)
     if (
         module.max_norm is not None
         and not initializing

@@ -96,7 +96,11 @@ def lookup(embed, inputs, out_sharding=None) -> jax.Array:
     )
     if recording:
         ids = S.row_ids(inputs, embed.num_embeddings, embed.padding_idx)
-        embed.row_ids.set_value(jnp.concatenate([recorded.astype(ids.dtype), ids]))
+        # The first lookup's ids as they are: under an Explicit mesh they may be sharded
+        # (P('data')), and the empty start array is not, which concatenate refuses.
+        embed.row_ids.set_value(
+            jnp.concatenate([recorded.astype(ids.dtype), ids]) if recorded.shape[0] else ids
+        )
     if embed.max_norm is not None:
         embed.embedding.set_value(new_table)  # torch's in-place renorm
     return rows  # in the table's dtype; the module promotes them to its dtype
