@@ -11,13 +11,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
-import ml_dtypes
-import numpy as np
-import pytest
-import torch
+# torch and JAX share an accelerator in this process, and the suite may run in several pytest
+# workers (`-n 2`): JAX must not reserve 75% of the GPU's memory up front (its default).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from jaxembed._src.testing.compare import eps_of, ulp_distance  # noqa: F401 (one definition, shared)
+import jax  # noqa: E402
+import ml_dtypes  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from jaxembed._src.testing.compare import eps_of, ulp_distance  # noqa: E402, F401 (shared)
 
 torch.manual_seed(0)
 
@@ -124,3 +128,18 @@ def sharded(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-4000:]
     with np.load(out, allow_pickle=False) as f:
         return dict(f)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist's ``--dist loadgroup`` (README's test command), each test file runs
+    on one worker, so its module fixtures (the bench run, the MiniLM models) are built once;
+    the files that share the session fixture ``sharded`` (8 host devices in a subprocess) run
+    on the same worker, so it is computed once too."""
+    def file_of(item):
+        return item.nodeid.split("::")[0]
+
+    sharing = {file_of(i) for i in items if "sharded" in getattr(i, "fixturenames", ())}
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            name = file_of(item)
+            item.add_marker(pytest.mark.xdist_group("sharded" if name in sharing else name))
