@@ -72,9 +72,19 @@ TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 _EXPECTED = "a model directory, a .safetensors file or a torch checkpoint (.bin/.pt/.pth)"
 # safetensors' dtype names (its format spec), for the header of a file being patched.
 _SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U64": np.uint64,
-    "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U64": np.uint64,
+    "U32": np.uint32,
+    "U16": np.uint16,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
 }
 
 
@@ -126,8 +136,9 @@ def _load_torch_file(path: Path):
         outer = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types; the first line says what went wrong
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: not a readable torch checkpoint ({first}); expected "
-                         f"{_EXPECTED}") from None
+        raise ValueError(
+            f"{path}: not a readable torch checkpoint ({first}); expected {_EXPECTED}"
+        ) from None
     state = outer
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # Lightning-style checkpoints nest the state dict
@@ -167,8 +178,7 @@ class Checkpoint:
             weights = next((path / n for n in WEIGHTS_FILES if (path / n).is_file()), None)
             if weights is None:
                 raise FileNotFoundError(
-                    f"{path}: a model directory holds one of {', '.join(WEIGHTS_FILES)}; "
-                    "found none"
+                    f"{path}: a model directory holds one of {', '.join(WEIGHTS_FILES)}; found none"
                 )
         else:
             weights = path
@@ -196,8 +206,9 @@ class Checkpoint:
         try:
             return safe_open(os.fspath(file), framework="numpy")
         except SafetensorError as e:
-            raise ValueError(f"{file}: not a valid safetensors file ({e}); expected "
-                             f"{_EXPECTED}") from None
+            raise ValueError(
+                f"{file}: not a valid safetensors file ({e}); expected {_EXPECTED}"
+            ) from None
 
     def keys(self) -> list[str]:
         return list(self.files)
@@ -275,20 +286,25 @@ def _entry(source, key: str | None) -> tuple[Any, dict, str]:
     """``(table, the source's options, a name for messages)`` for one table of ``source``."""
     if _is_torch(source, "Embedding") or _is_torch(source, "EmbeddingBag"):
         if key not in (None, "weight"):
-            raise KeyError(f"a torch.nn.{type(source).__name__} holds one tensor, 'weight'; "
-                           f"got key={key!r}")
+            raise KeyError(
+                f"a torch.nn.{type(source).__name__} holds one tensor, 'weight'; got key={key!r}"
+            )
         return torch_to_numpy(source.weight), torch_options(source), type(source).__name__
     if _is_torch(source, "Module"):
         if key is None:
-            raise TypeError(f"a torch {type(source).__name__} holds many tensors: pass key= "
-                            "(a state-dict key, e.g. 'embeddings.word_embeddings.weight')")
+            raise TypeError(
+                f"a torch {type(source).__name__} holds many tensors: pass key= "
+                "(a state-dict key, e.g. 'embeddings.word_embeddings.weight')"
+            )
         owner, _, leaf = key.rpartition(".")
         try:
             module = source.get_submodule(owner)
         except AttributeError:
             module = None
-        if leaf == "weight" and module is not None and (
-            _is_torch(module, "Embedding") or _is_torch(module, "EmbeddingBag")
+        if (
+            leaf == "weight"
+            and module is not None
+            and (_is_torch(module, "Embedding") or _is_torch(module, "EmbeddingBag"))
         ):
             return _entry(module, None)[0], torch_options(module), key
         state = source.state_dict()
@@ -338,12 +354,15 @@ def _convert(table: np.ndarray, param_dtype, where: str) -> np.ndarray:
         return table
     if target.kind in "iu":
         if table.dtype.kind not in "iub":
-            raise ValueError(f"{where}: param_dtype={target} would truncate a {table.dtype} "
-                             "table to integers")
+            raise ValueError(
+                f"{where}: param_dtype={target} would truncate a {table.dtype} table to integers"
+            )
         info = np.iinfo(target)
         if table.size and (table.min() < info.min or table.max() > info.max):
-            raise ValueError(f"{where}: values in [{table.min()}, {table.max()}] do not fit "
-                             f"param_dtype={target} [{info.min}, {info.max}]")
+            raise ValueError(
+                f"{where}: values in [{table.min()}, {table.max()}] do not fit "
+                f"param_dtype={target} [{info.min}, {info.max}]"
+            )
     return table.astype(target)
 
 
@@ -356,15 +375,20 @@ def _resolve(source, key, freeze, options) -> tuple[np.ndarray, dict, str]:
     if freeze is not None:
         merged["freeze"] = freeze
     if table.ndim != 2:  # torch's AssertionError, with the table named
-        raise AssertionError(f"{where}: Embeddings parameter is expected to be 2-dimensional, "
-                             f"got shape {table.shape}")
+        raise AssertionError(
+            f"{where}: Embeddings parameter is expected to be 2-dimensional, "
+            f"got shape {table.shape}"
+        )
     param_dtype = options.get("param_dtype")
     if param_dtype is not None:
         table = _convert(table, param_dtype, where)
     narrowed = np.dtype(jax.dtypes.canonicalize_dtype(table.dtype))
     validation.check_not_narrowed(
-        table, f"{where}: the table", convert=f"pass param_dtype=jnp.{narrowed}"
-        + (" (refused if a value does not fit)" if table.dtype.kind in "iu" else ""))
+        table,
+        f"{where}: the table",
+        convert=f"pass param_dtype=jnp.{narrowed}"
+        + (" (refused if a value does not fit)" if table.dtype.kind in "iu" else ""),
+    )
     if merged.get("freeze") is None:
         # Trainable unless the source says frozen; torch cannot train an integer table either.
         merged["freeze"] = not np.issubdtype(table.dtype, np.inexact)
@@ -418,29 +442,38 @@ def embedding_keys(source, pattern: str = TABLE_PATTERN) -> list[str]:
     if _is_torch(source, "Embedding") or _is_torch(source, "EmbeddingBag"):
         return ["weight"]
     if _is_torch(source, "Module"):
-        return [f"{name}.weight" if name else "weight" for name, m in source.named_modules()
-                if _is_torch(m, "Embedding") or _is_torch(m, "EmbeddingBag")]
+        return [
+            f"{name}.weight" if name else "weight"
+            for name, m in source.named_modules()
+            if _is_torch(m, "Embedding") or _is_torch(m, "EmbeddingBag")
+        ]
     if isinstance(source, (str, os.PathLike)):
         source = Checkpoint(source)
     if isinstance(source, Checkpoint):
         return [k for k in fnmatch.filter(source.keys(), pattern) if len(source.shape(k)) == 2]
     if isinstance(source, Mapping):
         return [k for k in fnmatch.filter(list(source), pattern) if np.ndim(source[k]) == 2]
-    raise TypeError(f"expected a torch module, a state dict or a path ({_EXPECTED}); got "
-                    f"{type(source).__name__}")
+    raise TypeError(
+        f"expected a torch module, a state dict or a path ({_EXPECTED}); got "
+        f"{type(source).__name__}"
+    )
 
 
 def _load_all(source, pattern, freeze, options, convert):
     if "padding_idx" in options:
-        raise TypeError("padding_idx differs per table: load_embeddings takes it from the "
-                        "source; set one table's with to_nnx(source, key=..., padding_idx=...)")
+        raise TypeError(
+            "padding_idx differs per table: load_embeddings takes it from the "
+            "source; set one table's with to_nnx(source, key=..., padding_idx=...)"
+        )
     if isinstance(source, (str, os.PathLike)):
         source = Checkpoint(source)  # opened (and a torch file loaded) once for every table
     keys = embedding_keys(source, pattern)
     if not keys:
         where = source.where() if isinstance(source, Checkpoint) else type(source).__name__
-        raise KeyError(f"{where}: no embedding table (2-D tensor with a key matching "
-                       f"{pattern!r}); pass pattern=, or key= to to_nnx")
+        raise KeyError(
+            f"{where}: no embedding table (2-D tensor with a key matching "
+            f"{pattern!r}); pass pattern=, or key= to to_nnx"
+        )
     return {k: convert(source, key=k, freeze=freeze, **options) for k in keys}
 
 
@@ -514,8 +547,10 @@ def _new_table(value, key: str) -> np.ndarray:
     try:
         return table_of(value)
     except TypeError:
-        raise TypeError(f"tables[{key!r}]: expected a jaxembed module, (linen module, "
-                        f"variables) or an array; got {type(value).__name__}") from None
+        raise TypeError(
+            f"tables[{key!r}]: expected a jaxembed module, (linen module, "
+            f"variables) or an array; got {type(value).__name__}"
+        ) from None
 
 
 def _check_fits(new: np.ndarray, dtype, shape, key: str, where: str) -> None:
@@ -543,8 +578,9 @@ def save_checkpoint(original, destination, tables: Mapping[str, Any]) -> Path:
     if destination.exists():
         raise FileExistsError(f"{destination}: exists; save_checkpoint writes a new copy")
     if ckpt.weights.name.endswith(".index.json") and not ckpt.path.is_dir():
-        raise ValueError(f"{ckpt.path}: a sharded checkpoint is copied as a whole: pass its "
-                         "model directory")
+        raise ValueError(
+            f"{ckpt.path}: a sharded checkpoint is copied as a whole: pass its model directory"
+        )
     new = {}
     for key, value in tables.items():
         ckpt.check_key(key)
@@ -558,7 +594,9 @@ def save_checkpoint(original, destination, tables: Mapping[str, Any]) -> Path:
     if ckpt.format == "torch":
         for key, table in new.items():
             stored = ckpt._torch[key]
-            _check_fits(table, torch_to_numpy(stored.reshape(-1)[:0]).dtype, stored.shape, key, ckpt.where())
+            _check_fits(
+                table, torch_to_numpy(stored.reshape(-1)[:0]).dtype, stored.shape, key, ckpt.where()
+            )
             stored.copy_(numpy_to_torch(table))
         import torch
 

@@ -59,8 +59,13 @@ class BertConfig:
 class BertEmbeddings(nnx.Module):
     def __init__(self, config: BertConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         embed = functools.partial(
-            jaxembed.Embed, features=config.hidden_size, dtype=dtype, param_dtype=param_dtype,
-            embedding_init=nnx.initializers.normal(config.initializer_range), rngs=rngs)
+            jaxembed.Embed,
+            features=config.hidden_size,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            embedding_init=nnx.initializers.normal(config.initializer_range),
+            rngs=rngs,
+        )
         self.word_embeddings = embed(config.vocab_size, padding_idx=config.pad_token_id)
         self.position_embeddings = embed(config.max_position_embeddings)
         self.token_type_embeddings = embed(config.type_vocab_size)
@@ -78,13 +83,26 @@ class BertEmbeddings(nnx.Module):
 
 def _layer_norm(config, dtype, param_dtype, rngs):
     # use_fast_variance=False: E[(x - mean)^2] as torch, not E[x^2] - mean^2 (cancellation).
-    return nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps, dtype=dtype,
-                         param_dtype=param_dtype, use_fast_variance=False, rngs=rngs)
+    return nnx.LayerNorm(
+        config.hidden_size,
+        epsilon=config.layer_norm_eps,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        use_fast_variance=False,
+        rngs=rngs,
+    )
 
 
 def _linear(config, n_in, n_out, dtype, param_dtype, precision, rngs):
-    return nnx.Linear(n_in, n_out, dtype=dtype, param_dtype=param_dtype, precision=precision,
-                      kernel_init=nnx.initializers.normal(config.initializer_range), rngs=rngs)
+    return nnx.Linear(
+        n_in,
+        n_out,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        precision=precision,
+        kernel_init=nnx.initializers.normal(config.initializer_range),
+        rngs=rngs,
+    )
 
 
 class BertSelfAttention(nnx.Module):
@@ -173,8 +191,15 @@ class BertModel(nnx.Module):
     on TPU is bfloat16 passes: pass ``"highest"`` for float32 accuracy there).
     """
 
-    def __init__(self, config: BertConfig, *, dtype: Any = None, param_dtype: Any = jnp.float32,
-                 precision: Any = None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        config: BertConfig,
+        *,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        precision: Any = None,
+        rngs: nnx.Rngs,
+    ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
         self.config = config
         self.embeddings = BertEmbeddings(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -195,35 +220,54 @@ class BertModel(nnx.Module):
         return EncoderOutput(hidden, self.pooler(hidden))
 
     @classmethod
-    def from_pretrained(cls, model_dir, *, dtype: Any = None, param_dtype: Any = None,
-                        precision: Any = None, **embedding_options) -> "BertModel":
+    def from_pretrained(
+        cls,
+        model_dir,
+        *,
+        dtype: Any = None,
+        param_dtype: Any = None,
+        precision: Any = None,
+        **embedding_options,
+    ) -> "BertModel":
         """The model of a Hugging Face model directory (``config.json`` + ``model.safetensors``
         or ``pytorch_model.bin``; keys with or without a ``bert.`` prefix). ``param_dtype``
         converts the stored parameters (None keeps their dtype); ``embedding_options`` (e.g.
         ``freeze=True``) go to ``interop.load_embeddings`` for the three tables."""
         config = BertConfig.from_json(Path(model_dir) / "config.json")
         ckpt = interop.Checkpoint(model_dir)
-        word = next((k for k in ckpt.keys() if k.endswith("embeddings.word_embeddings.weight")),
-                    None)
+        word = next(
+            (k for k in ckpt.keys() if k.endswith("embeddings.word_embeddings.weight")), None
+        )
         if word is None:
-            raise KeyError(f"{ckpt.where()}: no 'embeddings.word_embeddings.weight': not a BERT "
-                           "checkpoint")
+            raise KeyError(
+                f"{ckpt.where()}: no 'embeddings.word_embeddings.weight': not a BERT checkpoint"
+            )
         prefix = word[: -len("embeddings.word_embeddings.weight")]
         names = ("word_embeddings", "position_embeddings", "token_type_embeddings")
         keys = [f"{prefix}embeddings.{name}.weight" for name in names]
         for key in keys:
             ckpt.check_key(key)  # a short KeyError naming the file and the closest keys
-        tables = interop.load_embeddings(ckpt, pattern=prefix + "embeddings.*_embeddings.weight",
-                                         dtype=dtype, param_dtype=param_dtype, **embedding_options)
+        tables = interop.load_embeddings(
+            ckpt,
+            pattern=prefix + "embeddings.*_embeddings.weight",
+            dtype=dtype,
+            param_dtype=param_dtype,
+            **embedding_options,
+        )
         param_dtype = param_dtype or tables[word].embedding.get_value().dtype
-        model = nnx.eval_shape(lambda: cls(config, dtype=dtype, param_dtype=param_dtype,
-                                           precision=precision, rngs=nnx.Rngs(0)))
+        model = nnx.eval_shape(
+            lambda: cls(
+                config, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=nnx.Rngs(0)
+            )
+        )
         for name, key in zip(names, keys):
             setattr(model.embeddings, name, tables[key])
         torch_name = {"kernel": "weight", "bias": "bias", "scale": "weight"}
         for path, var in list(nnx.iter_graph(model)):
             if isinstance(var, nnx.Param) and isinstance(var.get_value(), jax.ShapeDtypeStruct):
-                value = ckpt.get(prefix + ".".join(map(str, path[:-1])) + "." + torch_name[path[-1]])
+                value = ckpt.get(
+                    prefix + ".".join(map(str, path[:-1])) + "." + torch_name[path[-1]]
+                )
                 value = value.T if path[-1] == "kernel" else value  # torch stores (out, in)
                 var.set_value(jnp.asarray(value, param_dtype))
         return model

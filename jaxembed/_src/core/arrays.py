@@ -15,9 +15,7 @@ import numpy as np
 
 def is_torch(obj, name: str) -> bool:
     """Whether ``obj`` is a ``torch.<name>`` (a subclass included), without importing torch."""
-    return any(
-        c.__module__.startswith("torch") and c.__name__ == name for c in type(obj).__mro__
-    )
+    return any(c.__module__.startswith("torch") and c.__name__ == name for c in type(obj).__mro__)
 
 
 def torch_to_numpy(tensor) -> np.ndarray:

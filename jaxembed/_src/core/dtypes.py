@@ -34,4 +34,3 @@ def promote_rows(rows: jax.Array, dtype: Any, promote: Callable = promote_dtype)
     """The looked-up rows in the module's ``dtype``: flax's lookup promotion, on the rows."""
     (rows,) = promote((rows,), dtype=dtype, inexact=False)
     return rows
-

@@ -66,8 +66,10 @@ def _offset_bags(offsets: jax.Array, ok, num_inputs: int, include_last_offset: b
     num_bags = num_offsets - 1 if include_last_offset else num_offsets
     # seg[i] = (number of offsets <= i) - 1: a scatter of ones at the offsets and a prefix sum,
     # O(N + B). With include_last_offset, positions from offsets[B] on get B: no bag.
-    marks = jnp.zeros((num_inputs + 1,), jnp.int32).at[offsets].add(
-        1, mode="drop", wrap_negative_indices=False
+    marks = (
+        jnp.zeros((num_inputs + 1,), jnp.int32)
+        .at[offsets]
+        .add(1, mode="drop", wrap_negative_indices=False)
     )
     seg = jnp.cumsum(marks[:num_inputs]) - 1
     seg = jnp.where((seg < 0) | (seg > num_bags), num_bags, seg)  # only with invalid offsets
@@ -88,8 +90,10 @@ def _nan_unless(ok: jax.Array, out: jax.Array, flag_source: jax.Array) -> jax.Ar
     table's gradient, and one optimizer step would poison the table).
     """
     index = jnp.where(ok, 0, flag_source.shape[0])
-    flag = jnp.ones(flag_source.shape, out.dtype).at[index].get(
-        mode="fill", fill_value=jnp.nan, wrap_negative_indices=False
+    flag = (
+        jnp.ones(flag_source.shape, out.dtype)
+        .at[index]
+        .get(mode="fill", fill_value=jnp.nan, wrap_negative_indices=False)
     )
     return out * flag
 
@@ -189,8 +193,10 @@ def _fixed_bag_sum(rule: _FixedSumRule, weight, per_sample_weights, ids) -> jax.
     oob = None
     if isinstance(ids, jax.core.Tracer):  # concrete ids were checked (torch's error)
         # This gather of flags is what checkify.index_checks reports, like functional.embedding.
-        oob = jnp.zeros((num_embeddings,), bool).at[ids].get(
-            mode="fill", fill_value=True, wrap_negative_indices=False
+        oob = (
+            jnp.zeros((num_embeddings,), bool)
+            .at[ids]
+            .get(mode="fill", fill_value=True, wrap_negative_indices=False)
         )
         ids = jnp.where(oob, 0, ids)
 
@@ -208,6 +214,7 @@ def _fixed_bag_sum(rule: _FixedSumRule, weight, per_sample_weights, ids) -> jax.
         for j in range(length):
             total = add_column(total, j)
     else:
+
         def chunk(c, total):
             for k in range(_CHUNK):
                 total = add_column(total, c * _CHUNK + k)
@@ -298,8 +305,10 @@ def _offset_bag_sum(rule: _OffsetSumRule, weight, per_sample_weights, ids, offse
     zeros = (jnp.zeros((b, d), acc), jnp.zeros((b,), jnp.int32), jnp.zeros((b,), bool))
 
     def out_of_range(ids):
-        return jnp.zeros((num_embeddings,), bool).at[ids].get(
-            mode="fill", fill_value=True, wrap_negative_indices=False
+        return (
+            jnp.zeros((num_embeddings,), bool)
+            .at[ids]
+            .get(mode="fill", fill_value=True, wrap_negative_indices=False)
         )
 
     def add_steps(c, state):
@@ -321,8 +330,9 @@ def _offset_bag_sum(rule: _OffsetSumRule, weight, per_sample_weights, ids, offse
             psw = _in_bounds(per_sample_weights, pos)
         for k in range(_STEP):
             rows = _in_bounds(weight, block[:, k])
-            term = _summands(rows, block[:, k], None if psw is None else psw[:, k],
-                             rule.padding_idx)
+            term = _summands(
+                rows, block[:, k], None if psw is None else psw[:, k], rule.padding_idx
+            )
             total = jnp.where(valid[:, k, None], total + term, total)
         return total, count, bad
 
@@ -412,7 +422,13 @@ def _finish(total, ids, bags: _Bags, mode: str, padding_idx, count=None):
 
 
 def prepare(
-    input, weight, offsets, scale_grad_by_freq, mode, per_sample_weights, include_last_offset,
+    input,
+    weight,
+    offsets,
+    scale_grad_by_freq,
+    mode,
+    per_sample_weights,
+    include_last_offset,
     padding_idx,
 ):
     """torch's argument checks, then ``(ids, weight, offsets, per_sample_weights, padding_idx,
@@ -448,8 +464,14 @@ def embedding_bag_and_renorm(
 ) -> tuple[jax.Array, jax.Array]:
     """:func:`embedding_bag` plus the table torch holds afterwards (see ``embed_and_renorm``)."""
     ids, weight, offsets, psw, padding_idx, bags = prepare(
-        input, weight, offsets, scale_grad_by_freq, mode, per_sample_weights,
-        include_last_offset, padding_idx,
+        input,
+        weight,
+        offsets,
+        scale_grad_by_freq,
+        mode,
+        per_sample_weights,
+        include_last_offset,
+        padding_idx,
     )
     # The row-sharded bags are jaxembed.sharding.vocab_parallel_embedding_bag (the modules
     # dispatch there); this plain path would fail deep in JAX on them.

@@ -248,8 +248,10 @@ class _GradRule:
             return self.layout.counts_at(ids)
         if self.num_embeddings == 0:  # every id is out of range (and XLA cannot scatter there)
             return jnp.ones(ids.shape, jnp.int32)
-        counts = jnp.zeros((self.num_embeddings,), jnp.int32).at[ids].add(
-            1, mode="drop", wrap_negative_indices=False
+        counts = (
+            jnp.zeros((self.num_embeddings,), jnp.int32)
+            .at[ids]
+            .add(1, mode="drop", wrap_negative_indices=False)
         )
         return counts.at[ids].get(mode="fill", fill_value=1, wrap_negative_indices=False)
 

@@ -56,6 +56,7 @@ def init_table(key, num_embeddings, features, param_dtype, embedding_init, paddi
     validation.check_sizes(num_embeddings, features)
     table = embedding_init(key, (num_embeddings, features), param_dtype)
     if padding_idx is not None and not is_pretrained(embedding_init):
+
         def zero_row(t):
             return t.at[padding_idx].set(0)
 

@@ -324,6 +324,7 @@ class VocabParallel:
     def sparse_update(self, update_one, grad, state, table):
         """A sparse optimizer's one-table step on this device's rows (see
         :func:`vocab_parallel_sparse_update`); ``grad`` is split like ``self.ids_spec``."""
+
         def local_update(ids, values, state, t):
             # Every replica of a row must apply the same entries in the same (input) order:
             # gather the entries of all batch shards, then keep those of this device's rows.
@@ -450,8 +451,16 @@ def vocab_parallel_embedding(
     """:func:`jaxembed.functional.embedding` on a row-sharded table (see
     :func:`vocab_parallel_embed_and_renorm` for the arguments and the collectives)."""
     rows, _ = vocab_parallel_embed_and_renorm(
-        input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse,
-        vocab_axis=vocab_axis, out_sharding=out_sharding, mesh=mesh,
+        input,
+        weight,
+        padding_idx,
+        max_norm,
+        norm_type,
+        scale_grad_by_freq,
+        sparse,
+        vocab_axis=vocab_axis,
+        out_sharding=out_sharding,
+        mesh=mesh,
     )  # under jit the unused renormed table is dead code
     return rows
 
@@ -610,8 +619,14 @@ def vocab_parallel_embedding_bag_and_renorm(
     (docs/guides/sharding.md).
     """
     ids, weight, offsets, psw, padding_idx, bags = EB.prepare(
-        input, weight, offsets, scale_grad_by_freq, mode, per_sample_weights,
-        include_last_offset, padding_idx,
+        input,
+        weight,
+        offsets,
+        scale_grad_by_freq,
+        mode,
+        per_sample_weights,
+        include_last_offset,
+        padding_idx,
     )
     fixed = offsets is None
     batch = None if out_sharding is None or not fixed else P(*tuple(out_sharding)[:1], None)
@@ -660,13 +675,20 @@ def vocab_parallel_embedding_bag_and_renorm(
     return constrain(out, out_sharding, layout.mesh), new_weight
 
 
-def vocab_parallel_embedding_bag(input, weight, offsets=None, *args, vocab_axis, out_sharding=None,
-                                 mesh=None, **kwargs) -> jax.Array:
+def vocab_parallel_embedding_bag(
+    input, weight, offsets=None, *args, vocab_axis, out_sharding=None, mesh=None, **kwargs
+) -> jax.Array:
     """:func:`jaxembed.functional.embedding_bag` on a row-sharded table (arguments and
     collectives: :func:`vocab_parallel_embedding_bag_and_renorm`)."""
     out, _ = vocab_parallel_embedding_bag_and_renorm(
-        input, weight, offsets, *args, vocab_axis=vocab_axis, out_sharding=out_sharding,
-        mesh=mesh, **kwargs,
+        input,
+        weight,
+        offsets,
+        *args,
+        vocab_axis=vocab_axis,
+        out_sharding=out_sharding,
+        mesh=mesh,
+        **kwargs,
     )
     return out
 

@@ -84,7 +84,7 @@ def _scatter_fma(table: jax.Array, ids: jax.Array, values: jax.Array, alpha) -> 
     bound over trajectories is in ``tolerances.py``).
     """
     if isinstance(alpha, jax.core.Tracer):
-        updates = (values.astype(table.dtype) * alpha.astype(table.dtype))
+        updates = values.astype(table.dtype) * alpha.astype(table.dtype)
         return table.at[ids].add(updates, mode="drop", wrap_negative_indices=False)
     alpha = np.asarray(alpha, table.dtype)
     combiner = jax.make_jaxpr(lambda x, y: x + y * alpha)(
@@ -414,7 +414,9 @@ def sparse_adam(
 
     def init_one(table):
         _check_float_table("SparseAdam", table)
-        return SparseAdamState(jnp.zeros((), jnp.int32), jnp.zeros_like(table), jnp.zeros_like(table))
+        return SparseAdamState(
+            jnp.zeros((), jnp.int32), jnp.zeros_like(table), jnp.zeros_like(table)
+        )
 
     def update_one(grad, state, table):
         c, rows, src, gv = _coalesced_rows(grad, table, maximize, "SparseAdam")
@@ -515,5 +517,3 @@ def adagrad(
         return p, AdagradState(step, s)
 
     return _per_table(init_one, update_one)
-
-

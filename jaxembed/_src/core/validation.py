@@ -146,8 +146,15 @@ def check_rows_unsharded(weight, what: str, instead: str) -> None:
 
 # torch's scalar type names, for its norm() error.
 _TORCH_TYPE_NAMES = {
-    "bool": "Bool", "int8": "Char", "int16": "Short", "int32": "Int", "int64": "Long",
-    "uint8": "Byte", "uint16": "UInt16", "uint32": "UInt32", "uint64": "UInt64",
+    "bool": "Bool",
+    "int8": "Char",
+    "int16": "Short",
+    "int32": "Int",
+    "int64": "Long",
+    "uint8": "Byte",
+    "uint16": "UInt16",
+    "uint32": "UInt32",
+    "uint64": "UInt64",
 }
 
 
@@ -277,8 +284,9 @@ def index_array(x, num_embeddings: int) -> jax.Array:
     return jnp.asarray(masked.astype(np.int32))
 
 
-def ids(input, num_embeddings: int, argname: str = "input", *, bag: bool = False,
-        check: bool = True) -> jax.Array:
+def ids(
+    input, num_embeddings: int, argname: str = "input", *, bag: bool = False, check: bool = True
+) -> jax.Array:
     """The one door for ids: ``input`` as the gather's int32 index array.
 
     1. dtype: any integer dtype (float and bool raise TypeError); a torch tensor or a list is

@@ -116,7 +116,8 @@ class EmbeddingBag(nn.Module):
         if vocab_axes is not None:
             bag = functools.partial(
                 sharding.vocab_parallel_embedding_bag_and_renorm,
-                vocab_axis=vocab_axes, out_sharding=out_sharding,
+                vocab_axis=vocab_axes,
+                out_sharding=out_sharding,
             )
         out, table = bag(
             inputs,

@@ -109,6 +109,4 @@ def row_probes(module, variables, *args, method=None, **kwargs):
 def row_gradients(ids, probe_grads, tables):
     """The tree of ``SparseRows`` (torch's sparse gradients) from the ``"row_ids"`` collection,
     the gradient w.r.t. the ``"row_probes"`` collection and the ``"sparse_params"`` tables."""
-    return jax.tree.map(
-        lambda i, g, t: S.rows_from_ids(i, g, t.shape[0]), ids, probe_grads, tables
-    )
+    return jax.tree.map(lambda i, g, t: S.rows_from_ids(i, g, t.shape[0]), ids, probe_grads, tables)

@@ -56,8 +56,10 @@ class TrainState(train_state.TrainState):
         is trained, the rest goes to ``collections``) or, as flax's ``TrainState``, ``params``.
         """
         if (variables is None) == (params is None):
-            raise TypeError("TrainState.create takes exactly one of `variables` (the dict "
-                            "model.init returns) or `params`")
+            raise TypeError(
+                "TrainState.create takes exactly one of `variables` (the dict "
+                "model.init returns) or `params`"
+            )
         if variables is not None:
             collections = {k: v for k, v in variables.items() if k != "params"}
             sparse = sorted(set(collections) & set(_SPARSE_COLLECTIONS))

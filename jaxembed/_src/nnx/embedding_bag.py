@@ -135,7 +135,8 @@ class EmbeddingBag(nnx.Module):
         if vocab_axes is not None:
             bag = functools.partial(
                 sharding.vocab_parallel_embedding_bag_and_renorm,
-                vocab_axis=vocab_axes, out_sharding=out_sharding,
+                vocab_axis=vocab_axes,
+                out_sharding=out_sharding,
             )
         out, table = bag(
             inputs,

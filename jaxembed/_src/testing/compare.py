@@ -152,8 +152,10 @@ class Criterion:
                 raise ValueError(f"Criterion.{name} must be a finite number >= 0, got {value!r}")
 
     def describe(self) -> str:
-        return (f"jax err <= {self.k:g} x max(torch err, jax own err <= "
-                f"{self.max_rounding_ratio:g} x torch err) + {self.floor_ulps:g} ulp of max|ref|")
+        return (
+            f"jax err <= {self.k:g} x max(torch err, jax own err <= "
+            f"{self.max_rounding_ratio:g} x torch err) + {self.floor_ulps:g} ulp of max|ref|"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,9 +194,17 @@ def _failure(note: str, method: str) -> Verdict:
     return Verdict(nan, None, None, nan, nan, None, method, "FAIL", note)
 
 
-def judge(jax_value, torch_value, reference=None, criterion: Criterion = Criterion(), *,
-          jax_reference=None, allowance: float = 0.0, element_allowance=None,
-          element_reason: str = "") -> Verdict:
+def judge(
+    jax_value,
+    torch_value,
+    reference=None,
+    criterion: Criterion = Criterion(),
+    *,
+    jax_reference=None,
+    allowance: float = 0.0,
+    element_allowance=None,
+    element_reason: str = "",
+) -> Verdict:
     """Judges ``jax_value`` (the port's result) against ``torch_value`` (torch's, same precision)
     and ``reference`` (torch's float64 result, or None for the fallback).
 
@@ -215,17 +225,29 @@ def judge(jax_value, torch_value, reference=None, criterion: Criterion = Criteri
     if not (_is_float(jax_value.dtype) and _is_float(torch_value.dtype)):
         same = np.array_equal(jax_value, torch_value)
         diff = max_abs(abs_diff(jax_value, torch_value)) if jax_value.size else 0.0
-        return Verdict(diff, None, None, 0.0, max_abs(torch_value), None, "exact",
-                       "bit-exact" if same else "FAIL",
-                       "" if same else "non-float results must be equal")
+        return Verdict(
+            diff,
+            None,
+            None,
+            0.0,
+            max_abs(torch_value),
+            None,
+            "exact",
+            "bit-exact" if same else "FAIL",
+            "" if same else "non-float results must be equal",
+        )
     jax64, torch64 = jax_value.astype(np.float64), torch_value.astype(np.float64)
     diff = abs_diff(jax64, torch64)
     max_diff = float(diff.max(initial=0.0))
     same_nans = math.isfinite(max_diff) or np.array_equal(np.isnan(jax64), np.isnan(torch64))
-    ulp = ulp_distance(jax_value, torch_value) if (
-        jax_value.dtype == torch_value.dtype and same_nans) else None
+    ulp = (
+        ulp_distance(jax_value, torch_value)
+        if (jax_value.dtype == torch_value.dtype and same_nans)
+        else None
+    )
     bitwise = jax_value.dtype == torch_value.dtype and np.array_equal(
-        jax_value.reshape(-1).view(np.uint8), torch_value.reshape(-1).view(np.uint8))
+        jax_value.reshape(-1).view(np.uint8), torch_value.reshape(-1).view(np.uint8)
+    )
     eps = eps_of(jax_value.dtype)
     tiny = float(ml_dtypes.finfo(jax_value.dtype).tiny)
     own = gap = None
@@ -261,7 +283,17 @@ def judge(jax_value, torch_value, reference=None, criterion: Criterion = Criteri
         if ok:
             note = f"{int(beyond.sum())} element(s) beyond the bound: {element_reason}"
     if bitwise:
-        return Verdict(0.0, jax_err, torch_err, bound, scale, 0, method, "bit-exact", "", own,
-                       gap)
-    return Verdict(max_diff, jax_err, torch_err, bound, scale, ulp, method,
-                   "pass" if ok and not problem else "FAIL", note, own, gap)
+        return Verdict(0.0, jax_err, torch_err, bound, scale, 0, method, "bit-exact", "", own, gap)
+    return Verdict(
+        max_diff,
+        jax_err,
+        torch_err,
+        bound,
+        scale,
+        ulp,
+        method,
+        "pass" if ok and not problem else "FAIL",
+        note,
+        own,
+        gap,
+    )

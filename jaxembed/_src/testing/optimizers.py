@@ -72,12 +72,14 @@ class OptimizerPair:
         sparse tables."""
         if other.sparse is None:
             raise ValueError(f"{other.label} has no sparse optimizer")
-        return dataclasses.replace(self, label=f"{self.label} + {other.label}",
-                                   sparse=other.sparse,
-                                   torch_sparse=other.torch_sparse or other.torch,
-                                   sign_lr=max(self.sign_lr or 0.0, other.sign_lr or 0.0) or None,
-                                   step_allowance=max(self.step_allowance,
-                                                      other.step_allowance))
+        return dataclasses.replace(
+            self,
+            label=f"{self.label} + {other.label}",
+            sparse=other.sparse,
+            torch_sparse=other.torch_sparse or other.torch,
+            sign_lr=max(self.sign_lr or 0.0, other.sign_lr or 0.0) or None,
+            step_allowance=max(self.step_allowance, other.step_allowance),
+        )
 
     def torch_optimizers(self, dense: list, sparse: list) -> list:
         """The torch optimizers over the dense and the sparse parameters (empty lists skipped)."""
@@ -92,14 +94,18 @@ class OptimizerPair:
                 raise ValueError(
                     f"{self.label} has no optimizer for sparse tables (torch sparse=True, "
                     "jaxembed sparse=True); add one with .with_sparse(sparse_adam(...)) or "
-                    "adagrad(...)")
+                    "adagrad(...)"
+                )
             out.append(build(sparse))
         return out
 
 
 def _label(name: str, **hyper) -> str:
-    parts = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in hyper.items()
-             if v not in (0, 0.0, False, None)]
+    parts = [
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in hyper.items()
+        if v not in (0, 0.0, False, None)
+    ]
     return f"{name}({', '.join(parts)})"
 
 
@@ -111,8 +117,14 @@ def _adam_allowance(lr: float) -> float:
     return tolerances.ADAM_STEP_REL[tolerances.backend_key(jax.default_backend())] * lr
 
 
-def sgd(lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
-        *, dampening: float = 0.0) -> OptimizerPair:
+def sgd(
+    lr: float,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    *,
+    dampening: float = 0.0,
+) -> OptimizerPair:
     """``torch.optim.SGD`` and ``optax.sgd`` (torch's ``weight_decay`` is L2 added to the
     gradient: ``optax.add_decayed_weights`` first). Sparse tables: ``jaxembed.sparse.sgd``,
     which torch's ``SGD`` also runs on sparse gradients (without weight decay)."""
@@ -122,19 +134,33 @@ def sgd(lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: 
     def build_torch(params):
         import torch
 
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov,
-                               weight_decay=weight_decay, dampening=dampening)
+        return torch.optim.SGD(
+            params,
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            dampening=dampening,
+        )
 
     tx = optax.sgd(lr, momentum=momentum or None, nesterov=nesterov)
     if weight_decay:
         tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
     sparse = None if weight_decay else sparse_optim.sgd(lr, momentum, dampening, 0.0, nesterov)
-    return OptimizerPair(_label("SGD", lr=lr, momentum=momentum, nesterov=nesterov,
-                                weight_decay=weight_decay), build_torch, tx, sparse)
+    return OptimizerPair(
+        _label("SGD", lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay),
+        build_torch,
+        tx,
+        sparse,
+    )
 
 
-def adam(lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-         weight_decay: float = 0.0) -> OptimizerPair:
+def adam(
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> OptimizerPair:
     """``torch.optim.Adam`` and ``optax.adam`` (torch's ``weight_decay`` is L2 added to the
     gradient: ``optax.add_decayed_weights`` first). Sparse tables need a sparse optimizer:
     ``adam(...).with_sparse(sparse_adam(...))``.
@@ -151,12 +177,21 @@ def adam(lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
     tx = optax.adam(lr, *betas, eps=eps)
     if weight_decay:
         tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
-    return OptimizerPair(_label("Adam", lr=lr, weight_decay=weight_decay), build_torch, tx,
-                         sign_lr=lr, step_allowance=_adam_allowance(lr))
+    return OptimizerPair(
+        _label("Adam", lr=lr, weight_decay=weight_decay),
+        build_torch,
+        tx,
+        sign_lr=lr,
+        step_allowance=_adam_allowance(lr),
+    )
 
 
-def adamw(lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-          weight_decay: float = 1e-2) -> OptimizerPair:
+def adamw(
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+) -> OptimizerPair:
     """``torch.optim.AdamW`` and ``optax.adamw`` (decoupled weight decay, torch's default 0.01;
     optax's default 1e-4 is not used)."""
 
@@ -165,13 +200,18 @@ def adamw(lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-
 
         return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
-    return OptimizerPair(_label("AdamW", lr=lr, weight_decay=weight_decay), build_torch,
-                         optax.adamw(lr, *betas, eps=eps, weight_decay=weight_decay),
-                         sign_lr=lr, step_allowance=_adam_allowance(lr))
+    return OptimizerPair(
+        _label("AdamW", lr=lr, weight_decay=weight_decay),
+        build_torch,
+        optax.adamw(lr, *betas, eps=eps, weight_decay=weight_decay),
+        sign_lr=lr,
+        step_allowance=_adam_allowance(lr),
+    )
 
 
-def sparse_adam(lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                eps: float = 1e-8) -> OptimizerPair:
+def sparse_adam(
+    lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+) -> OptimizerPair:
     """``torch.optim.SparseAdam`` and ``jaxembed.sparse.sparse_adam``, for sparse tables only
     (combine with a dense pair: ``adam(...).with_sparse(sparse_adam(...))``)."""
 
@@ -180,22 +220,43 @@ def sparse_adam(lr: float, betas: tuple[float, float] = (0.9, 0.999),
 
         return torch.optim.SparseAdam(params, lr=lr, betas=betas, eps=eps)
 
-    return OptimizerPair(_label("SparseAdam", lr=lr), None, None,
-                         sparse_optim.sparse_adam(lr, betas, eps), build_torch, sign_lr=lr)
+    return OptimizerPair(
+        _label("SparseAdam", lr=lr),
+        None,
+        None,
+        sparse_optim.sparse_adam(lr, betas, eps),
+        build_torch,
+        sign_lr=lr,
+    )
 
 
-def adagrad(lr: float, lr_decay: float = 0.0, weight_decay: float = 0.0,
-            initial_accumulator_value: float = 0.0, eps: float = 1e-10) -> OptimizerPair:
+def adagrad(
+    lr: float,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+) -> OptimizerPair:
     """``torch.optim.Adagrad`` and ``jaxembed.sparse.adagrad``, for sparse tables only (optax's
     dense ``adagrad`` is a different formula: its accumulator starts at 0.1)."""
 
     def build_torch(params):
         import torch
 
-        return torch.optim.Adagrad(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                                   initial_accumulator_value=initial_accumulator_value, eps=eps)
+        return torch.optim.Adagrad(
+            params,
+            lr=lr,
+            lr_decay=lr_decay,
+            weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value,
+            eps=eps,
+        )
 
-    return OptimizerPair(_label("Adagrad", lr=lr), None, None,
-                         sparse_optim.adagrad(lr, lr_decay, weight_decay,
-                                              initial_accumulator_value, eps), build_torch,
-                         sign_lr=lr)
+    return OptimizerPair(
+        _label("Adagrad", lr=lr),
+        None,
+        None,
+        sparse_optim.adagrad(lr, lr_decay, weight_decay, initial_accumulator_value, eps),
+        build_torch,
+        sign_lr=lr,
+    )

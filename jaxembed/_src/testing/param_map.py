@@ -134,12 +134,26 @@ def _torch_leaves(torch_model) -> list[_TorchLeaf]:
         module, _, leaf = name.rpartition(".")
         owner = torch_model.get_submodule(module) if module else torch_model
         is_param = isinstance(t, torch.nn.Parameter)
-        sparse = (isinstance(owner, (torch.nn.Embedding, torch.nn.EmbeddingBag))
-                  and bool(owner.sparse) and leaf == "weight")
+        sparse = (
+            isinstance(owner, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+            and bool(owner.sparse)
+            and leaf == "weight"
+        )
         tied_to = seen.get(id(t))
         seen.setdefault(id(t), name)
-        leaves.append(_TorchLeaf(name, module, leaf, owner, tuple(t.shape),
-                                 is_param and t.requires_grad, is_param, sparse, tied_to))
+        leaves.append(
+            _TorchLeaf(
+                name,
+                module,
+                leaf,
+                owner,
+                tuple(t.shape),
+                is_param and t.requires_grad,
+                is_param,
+                sparse,
+                tied_to,
+            )
+        )
     return leaves
 
 
@@ -163,8 +177,11 @@ def _nnx_leaves(model) -> tuple[list[_JaxLeaf], dict[str, tuple[str, type]]]:
     sequential = {p for p, m in modules.items() if isinstance(m, nnx.Sequential)}
 
     def canonical(path):
-        kept = [part for i, part in enumerate(path)
-                if not (part == "layers" and tuple(path[:i]) in sequential)]
+        kept = [
+            part
+            for i, part in enumerate(path)
+            if not (part == "layers" and tuple(path[:i]) in sequential)
+        ]
         return _canonical(kept)
 
     leaves = []
@@ -174,9 +191,18 @@ def _nnx_leaves(model) -> tuple[list[_JaxLeaf], dict[str, tuple[str, type]]]:
             continue
         owner = max((p for p in modules if p == tuple(path[: len(p)])), key=len)
         value = var.get_value()
-        leaves.append(_JaxLeaf(
-            tuple(path), ".".join(map(str, path)), ".".join(map(str, owner)), canonical(path),
-            kind, tuple(np.shape(value)), value.dtype, type(modules[owner])))
+        leaves.append(
+            _JaxLeaf(
+                tuple(path),
+                ".".join(map(str, path)),
+                ".".join(map(str, owner)),
+                canonical(path),
+                kind,
+                tuple(np.shape(value)),
+                value.dtype,
+                type(modules[owner]),
+            )
+        )
     module_keys = {canonical(p): (".".join(map(str, p)), type(m)) for p, m in modules.items()}
     return leaves, module_keys
 
@@ -198,12 +224,22 @@ def _linen_leaves(variables) -> tuple[list[_JaxLeaf], dict[str, tuple[str, None]
         auto = _AUTO_NAME.match(module[-1]) if module else None
         for i in range(1, len(module) + 1):
             module_keys[_canonical(module[:i])] = (".".join(module[:i]), None)
-        leaves.append(_JaxLeaf(
-            tuple(path), ".".join(rest), ".".join(module), _canonical(rest),
-            _LINEN_KINDS.get(collection, "buffer"), tuple(np.shape(value)), value.dtype, None,
-            auto.group(1) if auto else None,
-            tuple(int(_AUTO_NAME.match(m).group(2)) if _AUTO_NAME.match(m) else -1
-                  for m in module)))
+        leaves.append(
+            _JaxLeaf(
+                tuple(path),
+                ".".join(rest),
+                ".".join(module),
+                _canonical(rest),
+                _LINEN_KINDS.get(collection, "buffer"),
+                tuple(np.shape(value)),
+                value.dtype,
+                None,
+                auto.group(1) if auto else None,
+                tuple(
+                    int(_AUTO_NAME.match(m).group(2)) if _AUTO_NAME.match(m) else -1 for m in module
+                ),
+            )
+        )
     return leaves, module_keys
 
 
@@ -240,8 +276,11 @@ def _rules(owner, leaf: str) -> list[tuple[str, Layout]]:
     elif isinstance(owner, (tnn.Embedding, tnn.EmbeddingBag)):
         table = {"weight": [("embedding", IDENTITY)]}
     elif isinstance(owner, norms):
-        table = {"weight": [("scale", IDENTITY)], "running_mean": [("mean", IDENTITY)],
-                 "running_var": [("var", IDENTITY)]}
+        table = {
+            "weight": [("scale", IDENTITY)],
+            "running_mean": [("mean", IDENTITY)],
+            "running_var": [("var", IDENTITY)],
+        }
     elif isinstance(owner, tnn.modules.conv._ConvNd) and not owner.transposed:
         table = {"weight": [("kernel", CONV)]}
     else:
@@ -253,12 +292,14 @@ def _torch_kind(owner) -> str | None:
     """The family of a torch module, for pairing by order with Linen's automatic names."""
     import torch.nn as tnn
 
-    for kinds, cls in ((("Dense",), tnn.Linear),
-                       (("Embed",), tnn.Embedding),
-                       (("EmbeddingBag",), tnn.EmbeddingBag),
-                       (("LayerNorm",), tnn.LayerNorm),
-                       (("BatchNorm",), tnn.modules.batchnorm._BatchNorm),
-                       (("Conv",), tnn.modules.conv._ConvNd)):
+    for kinds, cls in (
+        (("Dense",), tnn.Linear),
+        (("Embed",), tnn.Embedding),
+        (("EmbeddingBag",), tnn.EmbeddingBag),
+        (("LayerNorm",), tnn.LayerNorm),
+        (("BatchNorm",), tnn.modules.batchnorm._BatchNorm),
+        (("Conv",), tnn.modules.conv._ConvNd),
+    ):
         if isinstance(owner, cls):
             return kinds
     return None
@@ -319,8 +360,9 @@ class ParamMap:
 
     @property
     def problems(self) -> list[str]:
-        return ([f"torch {n}: {r}" for n, r in self.unmapped_torch]
-                + [f"JAX {n}: {r}" for n, r in self.unmapped_jax])
+        return [f"torch {n}: {r}" for n, r in self.unmapped_torch] + [
+            f"JAX {n}: {r}" for n, r in self.unmapped_jax
+        ]
 
     def check(self) -> "ParamMap":
         """Raises ValueError naming every unmapped or mismatched tensor; returns self."""
@@ -342,8 +384,18 @@ class ParamMap:
     def table(self) -> str:
         from jaxembed._src.testing.report import format_table
 
-        rows = [(e.torch_name, str(e.torch_shape), e.jax_name, str(e.jax_shape), e.layout.name,
-                 e.how, "" if e.trainable else e.jax_kind) for e in self.entries]
+        rows = [
+            (
+                e.torch_name,
+                str(e.torch_shape),
+                e.jax_name,
+                str(e.jax_shape),
+                e.layout.name,
+                e.how,
+                "" if e.trainable else e.jax_kind,
+            )
+            for e in self.entries
+        ]
         rows += [(n, "", "-", "", "", "UNMAPPED", r) for n, r in self.unmapped_torch]
         rows += [("-", "", n, "", "", "UNMAPPED", r) for n, r in self.unmapped_jax]
         rows += [(n, "", "-", "", "", "ignored", r) for n, r in self.ignored]
@@ -367,8 +419,7 @@ class ParamMap:
         return self.summary() + "\n" + self.table()
 
 
-def build_param_map(torch_model, jax_model,
-                    overrides: Mapping[str, Any] | None = None) -> ParamMap:
+def build_param_map(torch_model, jax_model, overrides: Mapping[str, Any] | None = None) -> ParamMap:
     """Builds the :class:`ParamMap` between ``torch_model`` and ``jax_model``.
 
     Args:
@@ -396,22 +447,25 @@ def build_param_map(torch_model, jax_model,
     torch_names = {t.name for t in t_leaves}
     torch_modules = dict(torch_model.named_modules())
     jax_names = {j.name for j in j_leaves} | {".".join(map(str, j.path)) for j in j_leaves}
-    ignored_jax = {k for k, v in overrides.items()
-                   if v is None and k not in torch_names and k in jax_names}
-    renames = {k: v for k, v in overrides.items()
-               if k not in torch_names and k not in ignored_jax}
+    ignored_jax = {
+        k for k, v in overrides.items() if v is None and k not in torch_names and k in jax_names
+    }
+    renames = {k: v for k, v in overrides.items() if k not in torch_names and k not in ignored_jax}
     for k, v in renames.items():
         if k not in torch_modules:
-            raise KeyError(_unknown_name(k, "torch tensor or module", torch_names
-                                         | set(torch_modules)))
+            raise KeyError(
+                _unknown_name(k, "torch tensor or module", torch_names | set(torch_modules))
+            )
         if not isinstance(v, str):
-            raise TypeError(f"overrides[{k!r}] renames a module and must be a JAX module path "
-                            f"(a str), got {v!r}")
+            raise TypeError(
+                f"overrides[{k!r}] renames a module and must be a JAX module path "
+                f"(a str), got {v!r}"
+            )
 
     def renamed(module: str) -> str:
         for old in sorted(renames, key=len, reverse=True):
             if module == old or module.startswith(old + ".") or old == "":
-                rest = module[len(old):].lstrip(".")
+                rest = module[len(old) :].lstrip(".")
                 return ".".join(p for p in (renames[old], rest) if p)
         return module
 
@@ -436,14 +490,26 @@ def build_param_map(torch_model, jax_model,
             via = "" if layout is IDENTITY else f" is {shape} after {layout.name}"
             unmapped_torch.append((t.name, f"shape {t.shape}{via}, JAX {j.name} has {j.shape}"))
         elif t.trainable and j.kind not in ("param", "sparse"):
-            unmapped_torch.append((t.name, f"trainable in torch, {j.kind} (not trained) in JAX "
-                                           f"{j.name}"))
+            unmapped_torch.append(
+                (t.name, f"trainable in torch, {j.kind} (not trained) in JAX {j.name}")
+            )
         elif t.is_param and not t.trainable and j.kind in ("param", "sparse"):
-            unmapped_torch.append((t.name, "frozen in torch (requires_grad=False), trainable in "
-                                           f"JAX {j.name}"))
+            unmapped_torch.append(
+                (t.name, f"frozen in torch (requires_grad=False), trainable in JAX {j.name}")
+            )
         else:
-            entries[t.name] = Entry(t.name, j.name, j.path, layout, t.shape, j.shape, j.kind, how,
-                                    t.trainable and j.kind in ("param", "sparse"), t.sparse)
+            entries[t.name] = Entry(
+                t.name,
+                j.name,
+                j.path,
+                layout,
+                t.shape,
+                j.shape,
+                j.kind,
+                how,
+                t.trainable and j.kind in ("param", "sparse"),
+                t.sparse,
+            )
 
     for t in t_leaves:
         if t.name in overrides:
@@ -487,20 +553,27 @@ def build_param_map(torch_model, jax_model,
             if t.module != renamed(t.module):
                 why += f" (renamed to {renamed(t.module)})"
             if set(_torch_kind(t.owner) or ()) & auto_kinds:
-                why += ("; Linen automatic names of its kind could not be paired by order "
-                        "(their counts or shapes differ): name the modules or pass overrides")
+                why += (
+                    "; Linen automatic names of its kind could not be paired by order "
+                    "(their counts or shapes differ): name the modules or pass overrides"
+                )
             unmapped_torch.append((t.name, why))
 
     for j in j_leaves:
         if j.name in ignored_jax or ".".join(map(str, j.path)) in ignored_jax:
             ignored.append((j.name, "JAX leaf left out by hand (overrides[...] = None)"))
             taken.add(j.path)
-    unmapped_jax = [(j.name, "no torch tensor maps here") for j in j_leaves
-                    if j.path not in taken]
+    unmapped_jax = [(j.name, "no torch tensor maps here") for j in j_leaves if j.path not in taken]
     ordered = [entries[t.name] for t in t_leaves if t.name in entries]
     modules = _module_pairs(ordered, torch_modules, j_module_keys, renamed)
-    return ParamMap(ordered, unmapped_torch, unmapped_jax, ignored, modules,
-                    "linen" if is_linen(jax_model) else "nnx")
+    return ParamMap(
+        ordered,
+        unmapped_torch,
+        unmapped_jax,
+        ignored,
+        modules,
+        "linen" if is_linen(jax_model) else "nnx",
+    )
 
 
 def _pair_by_order(pending: list[_TorchLeaf], free: list[_JaxLeaf]) -> dict:
@@ -520,17 +593,22 @@ def _pair_by_order(pending: list[_TorchLeaf], free: list[_JaxLeaf]) -> dict:
     pairs = {}
     for kinds in set(kind_of.values()):
         t_mods = [m for m in torch_modules if kind_of[m] == kinds]
-        j_mods = sorted((m for m, leaves in jax_modules.items() if leaves[0].auto_kind in kinds),
-                        key=lambda m: jax_modules[m][0].auto_index)  # Linen's call order
+        j_mods = sorted(
+            (m for m, leaves in jax_modules.items() if leaves[0].auto_kind in kinds),
+            key=lambda m: jax_modules[m][0].auto_index,
+        )  # Linen's call order
         if len(t_mods) != len(j_mods):
             continue
         found = {}
         for tm, jm in zip(t_mods, j_mods):
             j_by_leaf = {j.name.rpartition(".")[2]: j for j in jax_modules[jm]}
             for t in torch_modules[tm]:
-                fits = [(j_by_leaf[leaf], layout) for leaf, layout in _rules(t.owner, t.leaf)
-                        if leaf in j_by_leaf
-                        and np.shape(layout(np.zeros(t.shape))) == j_by_leaf[leaf].shape]
+                fits = [
+                    (j_by_leaf[leaf], layout)
+                    for leaf, layout in _rules(t.owner, t.leaf)
+                    if leaf in j_by_leaf
+                    and np.shape(layout(np.zeros(t.shape))) == j_by_leaf[leaf].shape
+                ]
                 if not fits:
                     break
                 found[t.name] = fits[0]
@@ -552,8 +630,7 @@ def _module_pairs(entries, torch_modules, j_module_keys, renamed) -> dict[str, s
             pairs[name] = hit[0]
     owners: dict[str, set] = {}
     for e in entries:
-        owners.setdefault(e.torch_name.rpartition(".")[0], set()).add(
-            e.jax_name.rpartition(".")[0])
+        owners.setdefault(e.torch_name.rpartition(".")[0], set()).add(e.jax_name.rpartition(".")[0])
     for name, found in owners.items():
         if name and name not in pairs and len(found) == 1:
             pairs[name] = found.pop()
@@ -580,8 +657,13 @@ def torch_values(torch_model, pmap: ParamMap) -> dict[str, np.ndarray]:
     return {e.torch_name: e.to_jax(torch_to_numpy(state[e.torch_name])) for e in pmap.entries}
 
 
-def copy_weights(torch_model, jax_model, param_map: ParamMap | None = None, *,
-                 overrides: Mapping[str, Any] | None = None):
+def copy_weights(
+    torch_model,
+    jax_model,
+    param_map: ParamMap | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+):
     """Copies every mapped torch tensor into the JAX model, in its layout and dtype.
 
     NNX: the module is updated in place (and returned). Linen (``(module, variables)``): returns

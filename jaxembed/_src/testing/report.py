@@ -67,13 +67,34 @@ class Row:
         v = self.verdict
         result = v.result + (" (fallback)" if v.method == "fallback" else "")
         result += f" ({v.note})" if v.note and v.passed else f": {v.note}" if v.note else ""
-        return (self.stage, self.name, "x".join(map(str, self.shape)) or "()",
-                _g(v.max_abs_diff), _g(v.jax_error), _g(v.torch_error), _g(v.jax_own_error),
-                _g(v.bound), _g(v.f64_gap), _ulp(v.ulp), result)
+        return (
+            self.stage,
+            self.name,
+            "x".join(map(str, self.shape)) or "()",
+            _g(v.max_abs_diff),
+            _g(v.jax_error),
+            _g(v.torch_error),
+            _g(v.jax_own_error),
+            _g(v.bound),
+            _g(v.f64_gap),
+            _ulp(v.ulp),
+            result,
+        )
 
 
-HEADER = ("stage", "tensor", "shape", "max|jax-torch|", "jax err", "torch err", "jax own",
-          "bound", "f64 gap", "max ulp", "result")
+HEADER = (
+    "stage",
+    "tensor",
+    "shape",
+    "max|jax-torch|",
+    "jax err",
+    "torch err",
+    "jax own",
+    "bound",
+    "f64 gap",
+    "max ulp",
+    "result",
+)
 
 
 @dataclasses.dataclass
@@ -124,8 +145,10 @@ class Report:
         if not self.rows:
             return "FAIL: nothing was compared"
         if self.passed:
-            return (f"PASS: {len(self.rows)} tensors over {len(self.stages)} stages "
-                    f"({', '.join(self.stages)}), {bit_exact} bit-exact")
+            return (
+                f"PASS: {len(self.rows)} tensors over {len(self.stages)} stages "
+                f"({', '.join(self.stages)}), {bit_exact} bit-exact"
+            )
         first = self.first_failure
         v = first.verdict
         if v.note and v.jax_error is None and v.method != "fallback":
@@ -133,14 +156,22 @@ class Report:
         elif v.method == "fallback":
             why = f"max|jax-torch| {_g(v.max_abs_diff)} > bound {_g(v.bound)} (no float64)"
         else:
-            why = (f"jax err {_g(v.jax_error)} > bound {_g(v.bound)} (torch err "
-                   f"{_g(v.torch_error)}" + ("" if v.jax_own_error is None else
-                                             f", jax own {_g(v.jax_own_error)}, f64 gap "
-                                             f"{_g(v.f64_gap)}") + ")")
+            why = (
+                f"jax err {_g(v.jax_error)} > bound {_g(v.bound)} (torch err "
+                f"{_g(v.torch_error)}"
+                + (
+                    ""
+                    if v.jax_own_error is None
+                    else f", jax own {_g(v.jax_own_error)}, f64 gap {_g(v.f64_gap)}"
+                )
+                + ")"
+            )
         stages = [s for s in self.stages if any(r.stage == s and not r.passed for r in self.rows)]
-        return (f"FAIL: first failure at stage {first.stage!r}, tensor {first.name!r} "
-                f"(JAX {first.jax_name}): {why}; {len(self.failures)} of {len(self.rows)} "
-                f"tensors fail, in stages {', '.join(stages)}")
+        return (
+            f"FAIL: first failure at stage {first.stage!r}, tensor {first.name!r} "
+            f"(JAX {first.jax_name}): {why}; {len(self.failures)} of {len(self.rows)} "
+            f"tensors fail, in stages {', '.join(stages)}"
+        )
 
     def table(self, rows: str = "auto", limit: int = 40) -> str:
         """The table. ``rows``: ``"all"``; ``"failing"``; ``"auto"`` (every row when there are at
@@ -167,28 +198,42 @@ class Report:
         return text
 
     def __str__(self) -> str:
-        lines = [self.title, f"criterion: {self.criterion.describe()}; reference: "
-                 f"{self.reference}", f"parameters: {self.mapping}"]
+        lines = [
+            self.title,
+            f"criterion: {self.criterion.describe()}; reference: {self.reference}",
+            f"parameters: {self.mapping}",
+        ]
         lines += [f"note: {n}" for n in self.notes]
         lines += [self.table(), self.verdict_line()]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return json_safe({
-            "title": self.title,
-            "passed": self.passed,
-            "verdict": self.verdict_line(),
-            "criterion": dataclasses.asdict(self.criterion),
-            "reference": self.reference,
-            "parameters": self.mapping,
-            "notes": self.notes,
-            "timings_s": self.timings,
-            "first_failure": None if self.first_failure is None else {
-                "stage": self.first_failure.stage, "tensor": self.first_failure.name},
-            "rows": [{"stage": r.stage, "tensor": r.name, "jax": r.jax_name,
-                      "shape": list(r.shape), "dtype": r.dtype,
-                      **dataclasses.asdict(r.verdict)} for r in self.rows],
-        })
+        return json_safe(
+            {
+                "title": self.title,
+                "passed": self.passed,
+                "verdict": self.verdict_line(),
+                "criterion": dataclasses.asdict(self.criterion),
+                "reference": self.reference,
+                "parameters": self.mapping,
+                "notes": self.notes,
+                "timings_s": self.timings,
+                "first_failure": None
+                if self.first_failure is None
+                else {"stage": self.first_failure.stage, "tensor": self.first_failure.name},
+                "rows": [
+                    {
+                        "stage": r.stage,
+                        "tensor": r.name,
+                        "jax": r.jax_name,
+                        "shape": list(r.shape),
+                        "dtype": r.dtype,
+                        **dataclasses.asdict(r.verdict),
+                    }
+                    for r in self.rows
+                ],
+            }
+        )
 
     def to_json(self, path=None, indent: int = 2) -> str:
         """The report as JSON (NaN as null); also written to ``path`` when given."""
@@ -202,7 +247,8 @@ class Report:
         """Raises AssertionError with the verdict and the table when a tensor fails."""
         if not self.passed:
             raise AssertionError(
-                "\n".join([self.verdict_line(), self.table("auto"), self.verdict_line()]))
+                "\n".join([self.verdict_line(), self.table("auto"), self.verdict_line()])
+            )
         return self
 
 

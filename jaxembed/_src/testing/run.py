@@ -103,8 +103,11 @@ def _map_arrays(tree, fn):
     if isinstance(tree, Mapping):
         return {k: _map_arrays(v, fn) for k, v in tree.items()}
     if isinstance(tree, (tuple, list)):
-        return type(tree)(_map_arrays(v, fn) for v in tree) if isinstance(tree, list) else tuple(
-            _map_arrays(v, fn) for v in tree)
+        return (
+            type(tree)(_map_arrays(v, fn) for v in tree)
+            if isinstance(tree, list)
+            else tuple(_map_arrays(v, fn) for v in tree)
+        )
     return fn(np.asarray(tree))
 
 
@@ -123,8 +126,9 @@ def make_cotangents(outputs: dict[str, np.ndarray], seed: int) -> dict[str, np.n
     default loss is ``sum(output * cotangent)``, whose gradient is the vector-Jacobian product
     with that cotangent, identical in both frameworks."""
     rng = np.random.default_rng(seed)
-    return {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in outputs.items()
-            if _is_float(v)}
+    return {
+        k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in outputs.items() if _is_float(v)
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,16 +179,16 @@ def run_torch(torch_model, spec: Spec, precision: str) -> Run:
     weights = {}
     if spec.weights:  # the weights stage (the port loaded its own weights)
         state = model.state_dict()
-        weights = {e.torch_name: e.to_jax(_torch_numpy(state[e.torch_name]))
-                   for e in spec.pmap.entries}
+        weights = {
+            e.torch_name: e.to_jax(_torch_numpy(state[e.torch_name])) for e in spec.pmap.entries
+        }
 
     recorded: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
 
     def hook(name):
         def record(module, args, output):
-            first = next((v for v in flatten(output).values() if isinstance(v, torch.Tensor)),
-                         None)
+            first = next((v for v in flatten(output).values() if isinstance(v, torch.Tensor)), None)
             if first is not None:
                 counts[name] = counts.get(name, 0) + 1
                 key = name if counts[name] == 1 else f"{name}#{counts[name]}"
@@ -194,20 +198,27 @@ def run_torch(torch_model, spec: Spec, precision: str) -> Run:
 
     optimizers = []
     if spec.steps:
-        sparse_ids = {id(m.weight) for m in model.modules()
-                      if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse}
+        sparse_ids = {
+            id(m.weight)
+            for m in model.modules()
+            if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse
+        }
         params = [p for p in model.parameters() if p.requires_grad]
         optimizers = spec.optimizer.torch_optimizers(
             [p for p in params if id(p) not in sparse_ids],
-            [p for p in params if id(p) in sparse_ids])
+            [p for p in params if id(p) in sparse_ids],
+        )
     # One pass per step (at least one): the first pass's forward, module outputs and gradients
     # (before its update) are the forward and gradient stages.
     loss_value, grads, steps, step_losses = None, {}, [], []
     for step in range(max(1, spec.steps)):
         for o in optimizers:
             o.zero_grad(set_to_none=True)
-        handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
-                   if step == 0 and n in spec.pmap.modules]
+        handles = [
+            m.register_forward_hook(hook(n))
+            for n, m in model.named_modules()
+            if step == 0 and n in spec.pmap.modules
+        ]
         try:
             with torch.set_grad_enabled(spec.gradients):
                 out = _call(call, model, inputs)
@@ -215,8 +226,9 @@ def run_torch(torch_model, spec: Spec, precision: str) -> Run:
             for h in handles:
                 h.remove()
         if step == 0:
-            outputs = {k: _torch_numpy(v) for k, v in flatten(out).items()
-                       if isinstance(v, torch.Tensor)}
+            outputs = {
+                k: _torch_numpy(v) for k, v in flatten(out).items() if isinstance(v, torch.Tensor)
+            }
             if spec.cotangents is None:
                 spec.cotangents = make_cotangents(outputs, spec.seed)
             cot = _torch_arrays(spec.cotangents, precision)
@@ -229,18 +241,34 @@ def run_torch(torch_model, spec: Spec, precision: str) -> Run:
             for e in spec.pmap.entries:
                 if e.trainable:
                     p = model.get_parameter(e.torch_name)
-                    g = np.zeros(e.torch_shape, _torch_numpy(p).dtype) if p.grad is None else (
-                        _torch_numpy(p.grad))
+                    g = (
+                        np.zeros(e.torch_shape, _torch_numpy(p).dtype)
+                        if p.grad is None
+                        else (_torch_numpy(p.grad))
+                    )
                     grads[e.torch_name] = e.to_jax(g)
         if spec.steps:
             for o in optimizers:
                 o.step()
             step_losses.append(_torch_numpy(loss))
             state = model.state_dict()
-            steps.append({e.torch_name: e.to_jax(_torch_numpy(state[e.torch_name]))
-                          for e in spec.pmap.entries})
-    return Run(weights, outputs, recorded, list(recorded), loss_value, grads, steps, step_losses,
-               time.perf_counter() - start)
+            steps.append(
+                {
+                    e.torch_name: e.to_jax(_torch_numpy(state[e.torch_name]))
+                    for e in spec.pmap.entries
+                }
+            )
+    return Run(
+        weights,
+        outputs,
+        recorded,
+        list(recorded),
+        loss_value,
+        grads,
+        steps,
+        step_losses,
+        time.perf_counter() - start,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,15 +295,19 @@ def _jax_loss(spec: Spec, out, targets, cot):
 
 def _widen_tree(tree):
     return jax.tree.map(
-        lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+        lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
 
 
 def _widen_nnx(model) -> None:
     """The model in float64: every floating variable, and every module's floating ``dtype``
     (flax's computation dtype; jaxembed's ``Embed`` resolves None to the table's dtype)."""
-    floats = [var for _, var in nnx.to_flat_state(nnx.state(model))
-              if isinstance(var.get_value(), jax.Array)
-              and jnp.issubdtype(var.get_value().dtype, jnp.floating)]
+    floats = [
+        var
+        for _, var in nnx.to_flat_state(nnx.state(model))
+        if isinstance(var.get_value(), jax.Array)
+        and jnp.issubdtype(var.get_value().dtype, jnp.floating)
+    ]
     # one compiled cast for all of them (a cast per shape would compile a dozen times)
     wide = jax.jit(lambda vs: [v.astype(jnp.float64) for v in vs])([v.get_value() for v in floats])
     for var, value in zip(floats, wide):
@@ -328,9 +360,16 @@ def _recording_class(cls: type) -> type:
                     recorded[name if n == 1 else f"{name}#{n}"] = first
             return out
 
-        _RECORDING_CLASSES[cls] = type(cls.__name__, (cls,), {
-            "__call__": __call__, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-            "__slots__": ()})
+        _RECORDING_CLASSES[cls] = type(
+            cls.__name__,
+            (cls,),
+            {
+                "__call__": __call__,
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+                "__slots__": (),
+            },
+        )
     return _RECORDING_CLASSES[cls]
 
 
@@ -345,8 +384,11 @@ def _nnx_record(model, jax_to_torch: dict[str, str]) -> None:
 def _recording(model, jax_to_torch: dict[str, str]):
     """Collects the outputs of ``model``'s recording submodules (see :func:`_nnx_record`) while
     the block runs, keyed by torch module name; ``model`` is the one being traced."""
-    names = {id(m): jax_to_torch[".".join(map(str, p))]
-             for p, m in nnx.iter_modules(model) if ".".join(map(str, p)) in jax_to_torch}
+    names = {
+        id(m): jax_to_torch[".".join(map(str, p))]
+        for p, m in nnx.iter_modules(model)
+        if ".".join(map(str, p)) in jax_to_torch
+    }
     recorded: dict[str, jax.Array] = {}
     token = _SINK.set((names, recorded))
     try:
@@ -414,10 +456,12 @@ def run_nnx(jax_model, spec: Spec, precision: str) -> Run:
         def value_and_grads(m, inputs, targets, cot):
             if has_sparse:
                 (loss, aux), grads, rows = sparse_nnx.value_and_grad(loss_fn, has_aux=True)(
-                    m, inputs, targets, cot)
+                    m, inputs, targets, cot
+                )
             else:
                 (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(
-                    m, inputs, targets, cot)
+                    m, inputs, targets, cot
+                )
                 rows = None
             return loss, aux, grads, rows
 
@@ -431,8 +475,10 @@ def run_nnx(jax_model, spec: Spec, precision: str) -> Run:
                 raise ValueError(f"{pair.label} has no sparse optimizer for the sparse tables")
 
             def optimizers(m):  # jitted: the states' zeros in one compile, not one per shape
-                return (nnx.Optimizer(m, pair.optax, wrt=nnx.Param) if has_params else None,
-                        sparse_nnx.Optimizer(m, pair.sparse) if has_sparse else None)
+                return (
+                    nnx.Optimizer(m, pair.optax, wrt=nnx.Param) if has_params else None,
+                    sparse_nnx.Optimizer(m, pair.sparse) if has_sparse else None,
+                )
 
             opt, sopt = (nnx.jit(optimizers) if spec.jit else optimizers)(model)
 
@@ -463,8 +509,17 @@ def run_nnx(jax_model, spec: Spec, precision: str) -> Run:
                 steps.append(snapshot())
         outputs = {k: np.asarray(v) for k, v in flatten(out).items() if isinstance(v, jax.Array)}
         modules = {k: np.asarray(v) for k, v in recorded.items()}
-    return Run(weights, outputs, modules, list(modules), loss_value, grads, steps, step_losses,
-               time.perf_counter() - start)
+    return Run(
+        weights,
+        outputs,
+        modules,
+        list(modules),
+        loss_value,
+        grads,
+        steps,
+        step_losses,
+        time.perf_counter() - start,
+    )
 
 
 def run_linen(jax_model, spec: Spec, precision: str) -> Run:
@@ -476,7 +531,8 @@ def run_linen(jax_model, spec: Spec, precision: str) -> Run:
         raise NotImplementedError(
             "jaxembed.testing compares Linen models whose tables are dense; a Linen "
             "Embed(sparse=True) needs the row-probe training step (docs/guides/sparse.md, "
-            "Linen). Compare the NNX module instead (jaxembed.Embed(sparse=True)).")
+            "Linen). Compare the NNX module instead (jaxembed.Embed(sparse=True))."
+        )
     with jax.enable_x64(precision == FLOAT64):
         variables = jax.tree.map(jnp.asarray, dict(variables))
         if precision == FLOAT64:
@@ -500,8 +556,13 @@ def run_linen(jax_model, spec: Spec, precision: str) -> Run:
             state = {}
 
             def model_fn(*args, **kwargs):
-                out, new_state = module.apply({**others, "params": params}, *args, **kwargs,
-                                              mutable=True, capture_intermediates=True)
+                out, new_state = module.apply(
+                    {**others, "params": params},
+                    *args,
+                    **kwargs,
+                    mutable=True,
+                    capture_intermediates=True,
+                )
                 state.update(new_state)
                 return out
 
@@ -513,8 +574,7 @@ def run_linen(jax_model, spec: Spec, precision: str) -> Run:
                 if path[-1] != "__call__" or name is None:
                     continue
                 for n, v in enumerate(values, 1):
-                    first = next((x for x in flatten(v).values() if isinstance(x, jax.Array)),
-                                 None)
+                    first = next((x for x in flatten(v).values() if isinstance(x, jax.Array)), None)
                     if first is not None:
                         recorded[name if n == 1 else f"{name}#{n}"] = first
             new_params = state.pop("params", params)  # max_norm renorms, as torch's in place
@@ -529,8 +589,9 @@ def run_linen(jax_model, spec: Spec, precision: str) -> Run:
                 raise ValueError(f"{spec.optimizer.label} has no optax transformation")
 
         def train_step(params, others, opt_state, inputs, targets, cot):
-            (loss, (out, recorded, params, others)), g = grad_fn(params, others, inputs,
-                                                                  targets, cot)
+            (loss, (out, recorded, params, others)), g = grad_fn(
+                params, others, inputs, targets, cot
+            )
             if tx is not None:
                 updates, opt_state = tx.update(g, opt_state, params)
                 params = optax.apply_updates(params, updates)
@@ -543,19 +604,30 @@ def run_linen(jax_model, spec: Spec, precision: str) -> Run:
         step = jit(train_step)
         opt_state = None if tx is None else tx.init(params)
         for k in range(max(1, spec.steps) if spec.gradients else 0):
-            params, others, opt_state, loss, aux, g = step(params, others, opt_state, inputs,
-                                                           targets, cot)
+            params, others, opt_state, loss, aux, g = step(
+                params, others, opt_state, inputs, targets, cot
+            )
             if k == 0:  # the forward and gradient stages, before the first update
                 out, recorded = aux
                 loss_value = np.asarray(loss)
                 flat_g = traverse_util.flatten_dict({"params": g})
-                grads = {e.torch_name: np.asarray(flat_g[e.jax_path]) for e in entries
-                         if e.trainable}
+                grads = {
+                    e.torch_name: np.asarray(flat_g[e.jax_path]) for e in entries if e.trainable
+                }
             if spec.steps:
                 step_losses.append(np.asarray(loss))
                 steps.append(snapshot({**others, "params": params}))
         outputs = {k: np.asarray(v) for k, v in flatten(out).items() if isinstance(v, jax.Array)}
         order = list(recorded)
         modules = {k: np.asarray(v) for k, v in recorded.items()}
-    return Run(weights, outputs, modules, order, loss_value, grads, steps, step_losses,
-               time.perf_counter() - start)
+    return Run(
+        weights,
+        outputs,
+        modules,
+        order,
+        loss_value,
+        grads,
+        steps,
+        step_losses,
+        time.perf_counter() - start,
+    )

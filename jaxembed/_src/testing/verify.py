@@ -141,9 +141,21 @@ def compare(
             jax_model = (jax_model[0], copy_weights(torch_model, jax_model, pmap))
         else:
             jax_model = copy_weights(torch_model, nnx.clone(jax_model), pmap)
-    spec = R.Spec(_batch(inputs), _arrays(targets), torch_call,
-                  jax_call, torch_loss, jax_loss, optimizer, steps, gradients, jit, seed, pmap,
-                  weights=not load_weights)
+    spec = R.Spec(
+        _batch(inputs),
+        _arrays(targets),
+        torch_call,
+        jax_call,
+        torch_loss,
+        jax_loss,
+        optimizer,
+        steps,
+        gradients,
+        jit,
+        seed,
+        pmap,
+        weights=not load_weights,
+    )
     run_jax = R.run_linen if linen else R.run_nnx
     timings, notes = {}, []
 
@@ -155,8 +167,10 @@ def compare(
             t64 = R.run_torch(torch_model, spec, R.FLOAT64)
             timings["torch float64"] = t64.seconds
         except Exception as e:  # noqa: BLE001 (a model that cannot run in float64)
-            notes.append(f"torch's float64 run failed ({type(e).__name__}: {e}); every tensor "
-                         "is judged by the fallback bound")
+            notes.append(
+                f"torch's float64 run failed ({type(e).__name__}: {e}); every tensor "
+                "is judged by the fallback bound"
+            )
     j32 = run_jax(jax_model, spec, "float32")
     timings["jax float32"] = j32.seconds
     j64 = None
@@ -171,18 +185,34 @@ def compare(
     fallback: list[str] = []
     jax32_in_64: list[str] = []
 
-    def add(stage, name, jax_name, got, want, ref, jax_ref, allowance=0.0, undetermined=None,
-            reason=""):
+    def add(
+        stage, name, jax_name, got, want, ref, jax_ref, allowance=0.0, undetermined=None, reason=""
+    ):
         if ref is not None and np.asarray(ref).dtype != np.float64:
             fallback.append(name)
             ref = None
         if jax_ref is not None and np.asarray(jax_ref).dtype != np.float64:
             jax32_in_64.append(name)
             jax_ref = None
-        rows.append(Row(stage, name, jax_name, tuple(np.shape(want)), str(np.asarray(got).dtype),
-                        judge(got, want, ref, criterion, jax_reference=jax_ref,
-                              allowance=allowance, element_allowance=undetermined,
-                              element_reason=reason)))
+        rows.append(
+            Row(
+                stage,
+                name,
+                jax_name,
+                tuple(np.shape(want)),
+                str(np.asarray(got).dtype),
+                judge(
+                    got,
+                    want,
+                    ref,
+                    criterion,
+                    jax_reference=jax_ref,
+                    allowance=allowance,
+                    element_allowance=undetermined,
+                    element_reason=reason,
+                ),
+            )
+        )
         return rows[-1]
 
     def ref_of(run, attr, key):
@@ -192,8 +222,15 @@ def compare(
     if not load_weights:
         for e in entries:
             w = t32.weights[e.torch_name]
-            add("weights", e.torch_name, e.jax_name, j32.weights[e.torch_name], w,
-                np.asarray(w, np.float64), None)
+            add(
+                "weights",
+                e.torch_name,
+                e.jax_name,
+                j32.weights[e.torch_name],
+                w,
+                np.asarray(w, np.float64),
+                None,
+            )
 
     # forward: module outputs in torch's order, then the model outputs and the loss
     for name in t32.order:
@@ -203,26 +240,55 @@ def compare(
         jax_ref = ref_of(j64, "modules", name)
         if got.shape != want.shape:
             if _squeezed(got.shape) != _squeezed(want.shape):
-                notes.append(f"{name}: output not compared, shapes differ (torch {want.shape}, "
-                             f"JAX {got.shape})")
+                notes.append(
+                    f"{name}: output not compared, shapes differ (torch {want.shape}, "
+                    f"JAX {got.shape})"
+                )
                 continue
             # e.g. torch's position table looked up with (1, L) ids, JAX's with (L,)
             got = got.reshape(want.shape)
             jax_ref = None if jax_ref is None else jax_ref.reshape(want.shape)
-        add("forward", name, pmap.modules[name.split("#")[0]], got, want,
-            ref_of(t64, "modules", name), jax_ref)
+        add(
+            "forward",
+            name,
+            pmap.modules[name.split("#")[0]],
+            got,
+            want,
+            ref_of(t64, "modules", name),
+            jax_ref,
+        )
     for t_name, j_name in _pair_outputs(t32.outputs, j32.outputs):
-        add("forward", t_name, j_name, j32.outputs[j_name], t32.outputs[t_name],
-            ref_of(t64, "outputs", t_name), ref_of(j64, "outputs", j_name))
+        add(
+            "forward",
+            t_name,
+            j_name,
+            j32.outputs[j_name],
+            t32.outputs[t_name],
+            ref_of(t64, "outputs", t_name),
+            ref_of(j64, "outputs", j_name),
+        )
     sensitivity: dict[str, np.ndarray] = {}
     if gradients:
-        add("forward", "loss", "loss", j32.loss, t32.loss, None if t64 is None else t64.loss,
-            None if j64 is None else j64.loss)
+        add(
+            "forward",
+            "loss",
+            "loss",
+            j32.loss,
+            t32.loss,
+            None if t64 is None else t64.loss,
+            None if j64 is None else j64.loss,
+        )
         for e in entries:
             if e.trainable:
-                row = add("gradients", e.torch_name, e.jax_name, j32.grads[e.torch_name],
-                          t32.grads[e.torch_name], ref_of(t64, "grads", e.torch_name),
-                          ref_of(j64, "grads", e.torch_name))
+                row = add(
+                    "gradients",
+                    e.torch_name,
+                    e.jax_name,
+                    j32.grads[e.torch_name],
+                    t32.grads[e.torch_name],
+                    ref_of(t64, "grads", e.torch_name),
+                    ref_of(j64, "grads", e.torch_name),
+                )
                 if steps and optimizer.sign_lr:
                     # An adaptive step (m / sqrt(v)) is scale-free in the gradient: a gradient
                     # error d moves it by about d / |g|, up to a reversed step for a gradient
@@ -230,36 +296,54 @@ def compare(
                     g = np.abs((t64 or t32).grads[e.torch_name])
                     bound = row.verdict.bound
                     sensitivity[e.torch_name] = np.where(
-                        g > bound, bound / np.where(g > bound, g, 1.0), 1.0)
+                        g > bound, bound / np.where(g > bound, g, 1.0), 1.0
+                    )
     for k in range(steps):
         for e in entries:
-            add(f"step {k + 1}", e.torch_name, e.jax_name, j32.steps[k][e.torch_name],
+            add(
+                f"step {k + 1}",
+                e.torch_name,
+                e.jax_name,
+                j32.steps[k][e.torch_name],
                 t32.steps[k][e.torch_name],
                 None if t64 is None else t64.steps[k][e.torch_name],
                 None if j64 is None else j64.steps[k][e.torch_name],
                 (k + 1) * optimizer.step_allowance,
-                None if e.torch_name not in sensitivity else
-                sensitivity[e.torch_name] * (2.0 * (k + 1) * optimizer.sign_lr),
-                "adaptive steps of gradients near rounding level")
+                None
+                if e.torch_name not in sensitivity
+                else sensitivity[e.torch_name] * (2.0 * (k + 1) * optimizer.sign_lr),
+                "adaptive steps of gradients near rounding level",
+            )
 
     if fallback and t64 is not None:
-        notes.append(f"torch's float64 run left {len(fallback)} tensor(s) in float32 (a "
-                     f"hard-coded dtype); judged by the fallback bound: {', '.join(fallback[:5])}"
-                     + (" ..." if len(fallback) > 5 else ""))
+        notes.append(
+            f"torch's float64 run left {len(fallback)} tensor(s) in float32 (a "
+            f"hard-coded dtype); judged by the fallback bound: {', '.join(fallback[:5])}"
+            + (" ..." if len(fallback) > 5 else "")
+        )
     if jax32_in_64:
-        notes.append(f"the JAX float64 run left {len(jax32_in_64)} tensor(s) in float32 (a "
-                     "hard-coded dtype); judged without JAX's own rounding: "
-                     f"{', '.join(jax32_in_64[:5])}" + (" ..." if len(jax32_in_64) > 5 else ""))
+        notes.append(
+            f"the JAX float64 run left {len(jax32_in_64)} tensor(s) in float32 (a "
+            "hard-coded dtype); judged without JAX's own rounding: "
+            f"{', '.join(jax32_in_64[:5])}" + (" ..." if len(jax32_in_64) > 5 else "")
+        )
     if t64 is None:
-        ref_text = ("none: fallback bound max|jax-torch| <= "
-                    f"{criterion.fallback_eps + criterion.floor_ulps:g} eps x max|torch|")
+        ref_text = (
+            "none: fallback bound max|jax-torch| <= "
+            f"{criterion.fallback_eps + criterion.floor_ulps:g} eps x max|torch|"
+        )
     else:
         ref_text = "torch float64 run" + (" (and JAX's, for its own rounding)" if j64 else "")
-    what = ["forward"] + (["gradients"] if gradients else []) + (
-        [f"{steps} x {optimizer.label}"] if steps else [])
-    title = title or (f"{type(torch_model).__name__} (torch) vs "
-                      f"{type(jax_model[0] if linen else jax_model).__name__} "
-                      f"({'Linen' if linen else 'NNX'}): {', '.join(what)}")
+    what = (
+        ["forward"]
+        + (["gradients"] if gradients else [])
+        + ([f"{steps} x {optimizer.label}"] if steps else [])
+    )
+    title = title or (
+        f"{type(torch_model).__name__} (torch) vs "
+        f"{type(jax_model[0] if linen else jax_model).__name__} "
+        f"({'Linen' if linen else 'NNX'}): {', '.join(what)}"
+    )
     return Report(title, rows, criterion, ref_text, pmap.summary(), timings, notes)
 
 
@@ -276,7 +360,8 @@ def _pair_outputs(torch_outputs: dict, jax_outputs: dict) -> list[tuple[str, str
         return list(zip(torch_outputs, jax_outputs))
     raise ValueError(
         f"the models' outputs do not correspond: torch gives {list(torch_outputs)}, JAX gives "
-        f"{list(jax_outputs)}; pass call=(torch_call, jax_call) selecting the same outputs")
+        f"{list(jax_outputs)}; pass call=(torch_call, jax_call) selecting the same outputs"
+    )
 
 
 def assert_forward_close(torch_model, jax_model, inputs, **kwargs) -> Report:
@@ -291,10 +376,11 @@ def assert_gradients_close(torch_model, jax_model, inputs, **kwargs) -> Report:
     return compare(torch_model, jax_model, inputs, **kwargs).assert_passed()
 
 
-def assert_training_close(torch_model, jax_model, inputs, optimizer: OptimizerPair,
-                          steps: int = 5, **kwargs) -> Report:
+def assert_training_close(
+    torch_model, jax_model, inputs, optimizer: OptimizerPair, steps: int = 5, **kwargs
+) -> Report:
     """:func:`compare` of the forward, the gradients and ``steps`` optimizer steps; raises
     AssertionError with the table when a tensor fails. Returns the report."""
-    return compare(torch_model, jax_model, inputs, optimizer=optimizer, steps=steps,
-                   **kwargs).assert_passed()
-
+    return compare(
+        torch_model, jax_model, inputs, optimizer=optimizer, steps=steps, **kwargs
+    ).assert_passed()

@@ -23,9 +23,18 @@ class ArgumentParser(argparse.ArgumentParser):
 # exit status.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "parity": ("jaxembed._src.tools.parity:main", "compare jaxembed with torch and print a table"),
-    "demo": ("jaxembed._src.tools.demo:main", "the tutorial's examples, step by step, next to torch"),
-    "visualize": ("jaxembed._src.tools.visualize:main", "pretrained word vectors: t-SNE plot and neighbours"),
-    "bench": ("jaxembed._src.tools.bench.main:main", "time jaxembed against flax, torch and memory ceilings"),
+    "demo": (
+        "jaxembed._src.tools.demo:main",
+        "the tutorial's examples, step by step, next to torch",
+    ),
+    "visualize": (
+        "jaxembed._src.tools.visualize:main",
+        "pretrained word vectors: t-SNE plot and neighbours",
+    ),
+    "bench": (
+        "jaxembed._src.tools.bench.main:main",
+        "time jaxembed against flax, torch and memory ceilings",
+    ),
 }
 
 

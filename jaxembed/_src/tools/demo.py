@@ -102,7 +102,10 @@ def _import_torch():
 
 def _fmt(x, indent: str = "    ") -> str:
     text = np.array2string(
-        np.asarray(x, np.float32), precision=4, floatmode="fixed", separator=", ",
+        np.asarray(x, np.float32),
+        precision=4,
+        floatmode="fixed",
+        separator=", ",
         suppress_small=True,
     )
     return "\n".join(indent + line for line in text.splitlines())
@@ -223,8 +226,10 @@ def step_padding_init(report: Report) -> None:
     if report.torch is not None:
         want = _torch_padding_init(report.torch)
         report.show("torch    nn.Embedding(5, 3, padding_idx=0).weight (seed 42)", want)
-        print("  (rows 1-4 are draws of different generators, JAX's and torch's: only row 0 is"
-              " compared)")
+        print(
+            "  (rows 1-4 are draws of different generators, JAX's and torch's: only row 0 is"
+            " compared)"
+        )
         report.compare("row 0", table[0], want[0], show=False)
 
 
@@ -245,7 +250,9 @@ def step_sgd(report: Report) -> None:
     before = np.asarray(model.embedding.get_value())
     print(f"  ids: {TUTORIAL_IDS.tolist()}")
     report.show("target (the tutorial's torch.randn(3, 3))", TUTORIAL_TARGET)
-    loss, grad = train_step(model, optimizer, jnp.asarray(TUTORIAL_IDS), jnp.asarray(TUTORIAL_TARGET))
+    loss, grad = train_step(
+        model, optimizer, jnp.asarray(TUTORIAL_IDS), jnp.asarray(TUTORIAL_TARGET)
+    )
     after = np.asarray(model.embedding.get_value())
     grad = np.asarray(grad)
     print(f"  jaxembed loss: {float(loss):.6f}")
@@ -258,19 +265,26 @@ def step_sgd(report: Report) -> None:
         print(f"  torch    loss: {torch_result[0]:.6f}")
 
     report.show("jaxembed gradient", grad)
-    report.expect("gradient rows 0 (padding), 1 and 3 (unused) are exactly zero",
-                  not np.any(grad[[0, 1, 3]]))
-    report.expect("gradient is the tutorial's printed one (to its 4 decimals)",
-                  np.max(np.abs(grad - TUTORIAL_GRAD)) <= TUTORIAL_DIGIT)
+    report.expect(
+        "gradient rows 0 (padding), 1 and 3 (unused) are exactly zero", not np.any(grad[[0, 1, 3]])
+    )
+    report.expect(
+        "gradient is the tutorial's printed one (to its 4 decimals)",
+        np.max(np.abs(grad - TUTORIAL_GRAD)) <= TUTORIAL_DIGIT,
+    )
     if torch_result is not None:
         report.compare("gradient", grad, torch_result[1], ARITHMETIC_ULP)
 
     report.show("table before the update", before)
     report.show("jaxembed table after the update", after)
-    report.expect("rows 0, 1 and 3 are unchanged", np.array_equal(after[[0, 1, 3]], before[[0, 1, 3]]))
+    report.expect(
+        "rows 0, 1 and 3 are unchanged", np.array_equal(after[[0, 1, 3]], before[[0, 1, 3]])
+    )
     report.show("the tutorial's printed table after the update", TUTORIAL_UPDATED)
-    report.expect("the updated table is the tutorial's within one unit of its 4th decimal",
-                  np.max(np.abs(after - TUTORIAL_UPDATED)) <= TUTORIAL_DIGIT)
+    report.expect(
+        "the updated table is the tutorial's within one unit of its 4th decimal",
+        np.max(np.abs(after - TUTORIAL_UPDATED)) <= TUTORIAL_DIGIT,
+    )
     if torch_result is not None:
         report.compare("table after optimizer.step()", after, torch_result[2], ARITHMETIC_ULP)
 
@@ -284,8 +298,10 @@ def step_from_pretrained(report: Report) -> None:
         trainable = isinstance(embed.embedding, nnx.Param)
         report.show(f"jaxembed Embed.from_pretrained(weight, {args}).embedding", table)
         print(f"  trainable (nnx.Param): {trainable}")
-        report.expect("the table is the pretrained one, row 0 NOT zeroed",
-                      np.array_equal(table, TUTORIAL_WEIGHT))
+        report.expect(
+            "the table is the pretrained one, row 0 NOT zeroed",
+            np.array_equal(table, TUTORIAL_WEIGHT),
+        )
         if report.torch is not None:
             want, requires_grad = _torch_from_pretrained(report.torch, TUTORIAL_WEIGHT, **kwargs)
             report.compare(f"nn.Embedding.from_pretrained(weight, {args}).weight", table, want)
@@ -302,9 +318,13 @@ def step_max_norm(report: Report) -> None:
     report.show("jaxembed table after the lookup", table)
     report.show("row norms after", np.linalg.norm(table, axis=1)[None])
     norm2 = float(np.linalg.norm(table[2]))
-    report.expect(f"row 2 renormed to norm {MAX_NORM} (got {norm2:.7f})", abs(norm2 - MAX_NORM) < 1e-6)
-    report.expect("row 0 (below max_norm) and row 4 (above it, not looked up) unchanged",
-                  np.array_equal(table[[0, 1, 3, 4]], TUTORIAL_WEIGHT[[0, 1, 3, 4]]))
+    report.expect(
+        f"row 2 renormed to norm {MAX_NORM} (got {norm2:.7f})", abs(norm2 - MAX_NORM) < 1e-6
+    )
+    report.expect(
+        "row 0 (below max_norm) and row 4 (above it, not looked up) unchanged",
+        np.array_equal(table[[0, 1, 3, 4]], TUTORIAL_WEIGHT[[0, 1, 3, 4]]),
+    )
     if report.torch is not None:
         want_out, want_table = _torch_lookup(
             report.torch, TUTORIAL_WEIGHT, MAX_NORM_IDS, freeze=False, max_norm=MAX_NORM
@@ -321,10 +341,18 @@ def main(argv=None) -> int:
         prog="jaxembed demo",
         description="The nn.Embedding tutorial's examples in jaxembed, next to torch.",
     )
-    parser.add_argument("--no-torch", action="store_true",
-                        help="skip the torch comparisons even when torch is installed")
-    parser.add_argument("--step", type=int, choices=range(1, len(STEPS) + 1), action="append",
-                        help="run only this step (repeatable); default: all five")
+    parser.add_argument(
+        "--no-torch",
+        action="store_true",
+        help="skip the torch comparisons even when torch is installed",
+    )
+    parser.add_argument(
+        "--step",
+        type=int,
+        choices=range(1, len(STEPS) + 1),
+        action="append",
+        help="run only this step (repeatable); default: all five",
+    )
     args = parser.parse_args(argv)
     torch = None if args.no_torch else _import_torch()
     report = Report(torch)

@@ -149,14 +149,16 @@ def _renorm_case(dtype, norm_type, max_norm):
         w = _table(64, 17, dtype, scale=1.5, seed=5)
         ids = np.random.default_rng(6).integers(0, 64, size=(6, 7))
         wt = interop.numpy_to_torch(w, device)
-        TF.embedding(interop.numpy_to_torch(ids, device), wt, max_norm=max_norm,
-                     norm_type=norm_type)
+        TF.embedding(
+            interop.numpy_to_torch(ids, device), wt, max_norm=max_norm, norm_type=norm_type
+        )
         got = np.asarray(F.embedding_renorm(jnp.asarray(w), jnp.asarray(ids), max_norm, norm_type))
         tol = Tolerance(ulp=tolerances.renorm_ulp(backend, dtype, norm_type))
         return got, interop.torch_to_numpy(wt), tol
 
-    return Case(f"renorm/p={norm_type:g}/max_norm={max_norm:g}/{dtype}", dtype, run,
-                x64=dtype == "float64")
+    return Case(
+        f"renorm/p={norm_type:g}/max_norm={max_norm:g}/{dtype}", dtype, run, x64=dtype == "float64"
+    )
 
 
 def _module_case(api):
@@ -169,10 +171,12 @@ def _module_case(api):
         opts = dict(padding_idx=2, max_norm=1.2, norm_type=3.0, scale_grad_by_freq=True)
         ids1 = np.random.default_rng(8).integers(0, 30, size=(5, 4))
         ids2 = np.random.default_rng(9).integers(0, 30, size=(7,))
-        emb = torch.nn.Embedding.from_pretrained(interop.numpy_to_torch(w, device),
-                                                 freeze=False, **opts)
-        want = [interop.torch_to_numpy(emb(interop.numpy_to_torch(i, device)))
-                for i in (ids1, ids2)]
+        emb = torch.nn.Embedding.from_pretrained(
+            interop.numpy_to_torch(w, device), freeze=False, **opts
+        )
+        want = [
+            interop.torch_to_numpy(emb(interop.numpy_to_torch(i, device))) for i in (ids1, ids2)
+        ]
         if api == "nnx":
             module = interop.to_nnx(w, freeze=False, **opts)
             got = [np.asarray(module(jnp.asarray(i))) for i in (ids1, ids2)]
@@ -186,8 +190,9 @@ def _module_case(api):
                 got.append(np.asarray(out))
             table = np.asarray(variables["params"]["embedding"])
         got = np.concatenate([g.reshape(-1) for g in got] + [table.reshape(-1)])
-        want = np.concatenate([x.reshape(-1) for x in want] + [
-            interop.torch_to_numpy(emb.weight).reshape(-1)])
+        want = np.concatenate(
+            [x.reshape(-1) for x in want] + [interop.torch_to_numpy(emb.weight).reshape(-1)]
+        )
         return got, want, Tolerance(ulp=tolerances.renorm_ulp(backend, "float32", 2.0))
 
     return Case(f"module/{api}/forward+renorm", "float32", run)
@@ -202,8 +207,11 @@ def _interop_case(dtype):
         for k in ("padding_idx", "max_norm", "norm_type", "scale_grad_by_freq"):
             if getattr(back, k) != getattr(emb, k):  # reported as a failing case
                 raise AssertionError(f"{k}: {getattr(back, k)!r} != {getattr(emb, k)!r}")
-        return interop.torch_to_numpy(back.weight), interop.torch_to_numpy(emb.weight), (
-            Tolerance(ulp=0))
+        return (
+            interop.torch_to_numpy(back.weight),
+            interop.torch_to_numpy(emb.weight),
+            (Tolerance(ulp=0)),
+        )
 
     return Case(f"interop/torch->nnx->torch/{dtype}", dtype, run, x64=dtype == "float64")
 
@@ -217,25 +225,36 @@ def _train_case(spec, api, dtype, steps=10, freeze=False, **options):
         w = _table(v, d, dtype, scale=1.5, seed=10)
         ids = [rng.integers(0, v, size=(6, 7)) for _ in range(steps)]
         targets = [rng.normal(size=(6, 7, d)).astype(NP_DTYPES[dtype]) for _ in range(steps)]
-        want = training.torch_train(w, ids, targets, spec, freeze=freeze, device=device,
-                                    **options)
+        want = training.torch_train(w, ids, targets, spec, freeze=freeze, device=device, **options)
         got = training.jax_train(w, ids, targets, spec, api=api, freeze=freeze, **options)
         if freeze:
             if options.get("max_norm") is None:
                 assert np.array_equal(want.view(np.uint8), w.view(np.uint8)), "torch moved it"
                 return got, w, Tolerance(ulp=0)  # bit-identical to the initial table
             return got, want, Tolerance(ulp=tolerances.RENORM_ULP[backend][dtype])  # renorm only
-        exact = (backend == "cpu" and spec.kind == "sgd" and not spec.momentum
-                 and not spec.weight_decay and dtype in ("float32", "float64")
-                 and options.get("max_norm") is None and not options.get("scale_grad_by_freq"))
+        exact = (
+            backend == "cpu"
+            and spec.kind == "sgd"
+            and not spec.momentum
+            and not spec.weight_decay
+            and dtype in ("float32", "float64")
+            and options.get("max_norm") is None
+            and not options.get("scale_grad_by_freq")
+        )
         if exact:
             return got, want, Tolerance(ulp=0)
         family = "sgd" if spec.kind == "sgd" else "adam"
         return got, want, Tolerance(normwise_eps=tolerances.TRAJECTORY_EPS[backend][family])
 
     short = {"padding_idx": "pad", "scale_grad_by_freq": "sgbf"}
-    opts = ",".join(f"{short.get(k, k)}={v:g}" if not isinstance(v, bool) else short.get(k, k)
-                    for k, v in options.items() if v is not None and v is not False) or "plain"
+    opts = (
+        ",".join(
+            f"{short.get(k, k)}={v:g}" if not isinstance(v, bool) else short.get(k, k)
+            for k, v in options.items()
+            if v is not None and v is not False
+        )
+        or "plain"
+    )
     label = ("frozen/" if freeze else "train/") + f"{api}/{spec.label}/{opts}"
     return Case(f"{label}/{dtype}", dtype, run, x64=dtype == "float64")
 
@@ -247,8 +266,10 @@ def default_cases() -> list[Case]:
     cases = [_forward_case(dt) for dt in tolerances.DTYPES]
     cases += [_grad_case(dt, 0, False) for dt in tolerances.DTYPES]
     cases += [_grad_case("float32", -1, True), _grad_case("bfloat16", 5, True)]
-    cases += [_renorm_case("float32", p, m) for p, m in
-              [(1.0, 3.0), (2.0, 1.0), (3.0, 0.5), (math.inf, 2.0), (0.5, 8.0)]]
+    cases += [
+        _renorm_case("float32", p, m)
+        for p, m in [(1.0, 3.0), (2.0, 1.0), (3.0, 0.5), (math.inf, 2.0), (0.5, 8.0)]
+    ]
     cases += [_renorm_case(dt, 2.0, 1.0) for dt in ("float64", "bfloat16", "float16")]
     cases += [_module_case("nnx"), _module_case("linen")]
     cases += [_interop_case(dt) for dt in ("float32", "bfloat16")]
@@ -257,17 +278,22 @@ def default_cases() -> list[Case]:
         _train_case(Opt("sgd", 0.1), "functional", "float32", padding_idx=0),
         _train_case(Opt("sgd", 0.1), "nnx", "float64", padding_idx=-1),
         _train_case(Opt("sgd", 0.1), "linen", "float32", **every),
-        _train_case(Opt("sgd", 0.1, momentum=0.9, nesterov=True), "functional", "float32",
-                    **every),
-        _train_case(Opt("sgd", 0.1, momentum=0.9, weight_decay=0.01), "nnx", "float32",
-                    max_norm=1.0),
+        _train_case(Opt("sgd", 0.1, momentum=0.9, nesterov=True), "functional", "float32", **every),
+        _train_case(
+            Opt("sgd", 0.1, momentum=0.9, weight_decay=0.01), "nnx", "float32", max_norm=1.0
+        ),
         _train_case(Opt("sgd", 0.1), "functional", "bfloat16", padding_idx=3),
         _train_case(Opt("adam", 0.01), "functional", "float32", **every),
         _train_case(Opt("adamw", 0.01, weight_decay=0.1), "nnx", "float32", padding_idx=0),
         _train_case(Opt("adamw", 0.01, weight_decay=0.1), "linen", "float32", **every),
         _train_case(Opt("adamw", 0.01, weight_decay=0.1), "nnx", "float32", freeze=True),
-        _train_case(Opt("sgd", 0.1, momentum=0.9, weight_decay=0.1), "linen", "float32",
-                    freeze=True, padding_idx=0),
+        _train_case(
+            Opt("sgd", 0.1, momentum=0.9, weight_decay=0.1),
+            "linen",
+            "float32",
+            freeze=True,
+            padding_idx=0,
+        ),
     ]
     return cases
 
@@ -288,18 +314,37 @@ def run_case(case: Case, backend: str, device: str) -> Result:
         error = None
     except Exception as e:  # a crashing case is a failing case, reported with its error
         ulp, max_abs, passed, tol, error = None, math.nan, False, Tolerance(ulp=0), repr(e)
-    return Result(case.name, backend, device, case.dtype, max_abs, ulp, tol.describe(), passed,
-                  time.perf_counter() - start, error)
+    return Result(
+        case.name,
+        backend,
+        device,
+        case.dtype,
+        max_abs,
+        ulp,
+        tol.describe(),
+        passed,
+        time.perf_counter() - start,
+        error,
+    )
 
 
 def format_table(results: list[Result]) -> str:
     header = ("case", "backend", "dtype", "max abs diff", "max ulp diff", "tolerance", "result")
-    return _format_rows(header, [
-        (r.case, f"{r.backend}/torch:{r.torch_device}", r.dtype, f"{r.max_abs_diff:.3g}",
-         "-" if r.max_ulp_diff is None else str(r.max_ulp_diff), r.tolerance,
-         "pass" if r.passed else "FAIL")
-        for r in results
-    ])
+    return _format_rows(
+        header,
+        [
+            (
+                r.case,
+                f"{r.backend}/torch:{r.torch_device}",
+                r.dtype,
+                f"{r.max_abs_diff:.3g}",
+                "-" if r.max_ulp_diff is None else str(r.max_ulp_diff),
+                r.tolerance,
+                "pass" if r.passed else "FAIL",
+            )
+            for r in results
+        ],
+    )
 
 
 def _check_json_path(parser, path: str) -> None:
@@ -315,8 +360,11 @@ def _check_json_path(parser, path: str) -> None:
 
 def _write_json(path: str, data: dict) -> None:
     # A temporary file renamed over the target: an interrupted write leaves no half JSON.
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp",
-                               prefix=f".{os.path.basename(path)}.")
+    fd, tmp = tempfile.mkstemp(
+        dir=os.path.dirname(os.path.abspath(path)),
+        suffix=".tmp",
+        prefix=f".{os.path.basename(path)}.",
+    )
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)
@@ -333,8 +381,14 @@ def main(argv=None) -> int:
         description="Compare jaxembed with torch on the current JAX backend and print a table.",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    parser.add_argument("-k", "--filter", metavar="SUBSTRING", action="append", default=[],
-                        help="run only cases whose name contains SUBSTRING (repeatable)")
+    parser.add_argument(
+        "-k",
+        "--filter",
+        metavar="SUBSTRING",
+        action="append",
+        default=[],
+        help="run only cases whose name contains SUBSTRING (repeatable)",
+    )
     parser.add_argument("--list", action="store_true", help="list the case names and exit")
     args = parser.parse_args(argv)
     if args.json:
@@ -350,15 +404,21 @@ def main(argv=None) -> int:
         print(f"jaxembed parity: no case matches {args.filter}", file=sys.stderr)
         return 2
     if importlib.util.find_spec("torch") is None:
-        print("jaxembed parity: torch is not installed; it is the reference this command "
-              "compares against. Install it (pip install torch; for the CPU-only build add "
-              "--index-url https://download.pytorch.org/whl/cpu), then rerun.", file=sys.stderr)
+        print(
+            "jaxembed parity: torch is not installed; it is the reference this command "
+            "compares against. Install it (pip install torch; for the CPU-only build add "
+            "--index-url https://download.pytorch.org/whl/cpu), then rerun.",
+            file=sys.stderr,
+        )
         return MISSING_TORCH_EXIT
 
     backend = tolerances.backend_key(jax.default_backend())
     device = torch_device(backend)
-    print(f"jaxembed parity: JAX on {backend} ({jax.devices()[0].device_kind}), "
-          f"torch on {device}; {len(cases)} cases", flush=True)
+    print(
+        f"jaxembed parity: JAX on {backend} ({jax.devices()[0].device_kind}), "
+        f"torch on {device}; {len(cases)} cases",
+        flush=True,
+    )
     results = []
     for n, case in enumerate(cases, 1):
         r = run_case(case, backend, device)
@@ -370,11 +430,14 @@ def main(argv=None) -> int:
     failed = [r for r in results if not r.passed]
     print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed")
     if args.json:
-        _write_json(args.json, {
-            "backend": backend,
-            "device": jax.devices()[0].device_kind,
-            "torch_device": device,
-            "results": [json_safe(dataclasses.asdict(r)) for r in results],
-        })
+        _write_json(
+            args.json,
+            {
+                "backend": backend,
+                "device": jax.devices()[0].device_kind,
+                "torch_device": device,
+                "results": [json_safe(dataclasses.asdict(r)) for r in results],
+            },
+        )
         print(f"wrote {args.json}")
     return 1 if failed else 0

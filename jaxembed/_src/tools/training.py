@@ -26,6 +26,7 @@ from jaxembed._src.linen import embed as linen_embed
 from jaxembed._src.linen import train_state as linen_train_state
 from jaxembed._src.nnx.embed import Embed
 
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
     """One optimizer's hyper-parameters, buildable as ``torch.optim`` or as optax.
@@ -76,8 +77,9 @@ def _loss(rows, targets):
     return jnp.sum((rows - targets) ** 2)
 
 
-def torch_train(table, ids, targets, spec: OptimizerSpec, *, freeze=False, device="cpu",
-                **options) -> np.ndarray:
+def torch_train(
+    table, ids, targets, spec: OptimizerSpec, *, freeze=False, device="cpu", **options
+) -> np.ndarray:
     """The torch run: ``nn.Embedding.from_pretrained`` and ``spec``'s ``torch.optim``.
 
     A frozen table is multiplied by a trainable vector ``other`` (ones at the start), so that
@@ -101,8 +103,9 @@ def torch_train(table, ids, targets, spec: OptimizerSpec, *, freeze=False, devic
     return interop.torch_to_numpy(emb.weight)
 
 
-def jax_train(table, ids, targets, spec: OptimizerSpec, *, api="functional", freeze=False,
-              **options) -> np.ndarray:
+def jax_train(
+    table, ids, targets, spec: OptimizerSpec, *, api="functional", freeze=False, **options
+) -> np.ndarray:
     """The JAX run with ``api`` in ``"functional"``, ``"nnx"``, ``"linen"``; each step jitted.
 
     Mirrors :func:`torch_train`, including the extra trainable parameter ``other``.
@@ -171,8 +174,9 @@ class _LinenModel(nn.Module):
 
     @nn.compact
     def __call__(self, ids):
-        embed = linen_embed.Embed.from_pretrained(self.table, freeze=self.freeze, name="embed",
-                                                  **dict(self.options))
+        embed = linen_embed.Embed.from_pretrained(
+            self.table, freeze=self.freeze, name="embed", **dict(self.options)
+        )
         rows = embed(ids)
         return rows * self.param("other", lambda key: self.other) if self.freeze else rows
 

@@ -57,14 +57,32 @@ METHODS = ("input", "output", "both")
 POOLINGS = ("mean", "cls")
 # Fonts with CJK glyphs, tried first when a label needs one (the others are then searched).
 CJK_FONTS = (
-    "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "Source Han Sans CN",
-    "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "SimHei", "Microsoft YaHei", "PingFang SC",
-    "Heiti SC", "Hiragino Sans GB", "Arial Unicode MS", "Droid Sans Fallback", "AR PL UMing CN",
+    "Noto Sans CJK SC",
+    "Noto Sans SC",
+    "Source Han Sans SC",
+    "Source Han Sans CN",
+    "WenQuanYi Zen Hei",
+    "WenQuanYi Micro Hei",
+    "SimHei",
+    "Microsoft YaHei",
+    "PingFang SC",
+    "Heiti SC",
+    "Hiragino Sans GB",
+    "Arial Unicode MS",
+    "Droid Sans Fallback",
+    "AR PL UMing CN",
     "Noto Sans CJK JP",
 )
 # What interop and the encoder raise for a bad path, file, key or config.
-LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, AssertionError, ImportError,
-               NotImplementedError)
+LOAD_ERRORS = (
+    OSError,
+    ValueError,
+    KeyError,
+    TypeError,
+    AssertionError,
+    ImportError,
+    NotImplementedError,
+)
 
 
 class UsageError(ValueError):
@@ -128,12 +146,15 @@ def load_tokenizer(path):
             tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
             if "[CLS]" in vocab and "[SEP]" in vocab:
                 tokenizer.post_processor = processors.BertProcessing(
-                    ("[SEP]", vocab["[SEP]"]), ("[CLS]", vocab["[CLS]"]))
+                    ("[SEP]", vocab["[SEP]"]), ("[CLS]", vocab["[CLS]"])
+                )
     except Exception as e:  # tokenizers raises its own Exception types
         raise UsageError(f"--vocab {path}: not a tokenizer ({_message(e)})") from None
     if not hasattr(tokenizer.model, "unk_token"):
-        raise UsageError(f"--vocab {path}: a {type(tokenizer.model).__name__} tokenizer; "
-                         "expected WordPiece (BERT's)")
+        raise UsageError(
+            f"--vocab {path}: a {type(tokenizer.model).__name__} tokenizer; "
+            "expected WordPiece (BERT's)"
+        )
     pad = tokenizer.model.unk_token if tokenizer.token_to_id("[PAD]") is None else "[PAD]"
     tokenizer.no_truncation()
     tokenizer.enable_padding(pad_id=tokenizer.token_to_id(pad), pad_token=pad)
@@ -148,8 +169,10 @@ def load_table(source, tensor: str | None = None, vocab=None) -> PretrainedTable
         if tensor is None:
             keys = interop.embedding_keys(checkpoint, "*" + TABLE_SUFFIX)
             if len(keys) != 1:
-                raise UsageError(f"--model {source}: pass --tensor NAME ({len(keys)} 2-D tensors"
-                                 f" end in {TABLE_SUFFIX!r})")
+                raise UsageError(
+                    f"--model {source}: pass --tensor NAME ({len(keys)} 2-D tensors"
+                    f" end in {TABLE_SUFFIX!r})"
+                )
             (tensor,) = keys
             embed = interop.to_nnx(checkpoint, key=tensor, freeze=True)
         else:
@@ -165,8 +188,9 @@ def load_table(source, tensor: str | None = None, vocab=None) -> PretrainedTable
 
 
 def _with_tokenizer(embed, name, source, vocab) -> PretrainedTable:
-    tokenizer = load_tokenizer(vocab if vocab is not None else
-                               (source if source.is_dir() else source.parent))
+    tokenizer = load_tokenizer(
+        vocab if vocab is not None else (source if source.is_dir() else source.parent)
+    )
     rows, features = embed.embedding.get_value().shape
     n = tokenizer.get_vocab_size()
     if n > rows or max(tokenizer.get_vocab().values()) >= rows:
@@ -182,14 +206,17 @@ def load_encoder(source, vocab=None):
 
     source = Path(source)
     if not (source / "config.json").is_file():
-        raise UsageError(f"--model {source}: --method output needs a model directory "
-                         "(config.json + model.safetensors or pytorch_model.bin)")
+        raise UsageError(
+            f"--model {source}: --method output needs a model directory "
+            "(config.json + model.safetensors or pytorch_model.bin)"
+        )
     try:
         model = BertModel.from_pretrained(source, freeze=True)
     except LOAD_ERRORS as e:
         raise UsageError(f"--model {source}: {_message(e)}") from None
-    return model, _with_tokenizer(model.embeddings.word_embeddings, "embeddings." + TABLE_SUFFIX,
-                                  source, vocab)
+    return model, _with_tokenizer(
+        model.embeddings.word_embeddings, "embeddings." + TABLE_SUFFIX, source, vocab
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,8 +307,9 @@ def tsne_2d(vectors: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
     from sklearn.manifold import TSNE
 
     check_perplexity(perplexity, len(vectors))
-    tsne = TSNE(n_components=2, perplexity=perplexity, metric="cosine", init="random",
-                random_state=seed)
+    tsne = TSNE(
+        n_components=2, perplexity=perplexity, metric="cosine", init="random", random_state=seed
+    )
     return tsne.fit_transform(np.asarray(vectors, np.float64))
 
 
@@ -321,8 +349,9 @@ def find_font(chars: set[str]) -> tuple[str | None, set[str]]:
     return None, need
 
 
-def plot(panels: list[tuple[np.ndarray, str]], labels: list[str], title: str, out: Path
-         ) -> list[str]:
+def plot(
+    panels: list[tuple[np.ndarray, str]], labels: list[str], title: str, out: Path
+) -> list[str]:
     """Writes one labelled scatter plot per ``(points, subtitle)`` panel, side by side, to
     ``out`` (PNG); returns notes about the labels."""
     from matplotlib import font_manager
@@ -342,9 +371,13 @@ def plot(panels: list[tuple[np.ndarray, str]], labels: list[str], title: str, ou
                 notes.append(f"#{i + 1} = {label}")
             else:
                 shown.append(label)
-        notes.insert(0, "no installed font has glyphs for " + " ".join(sorted(missing))
-                     + "; those points are numbered (a CJK font such as Noto Sans CJK, Debian's"
-                     " fonts-noto-cjk, renders them)")
+        notes.insert(
+            0,
+            "no installed font has glyphs for "
+            + " ".join(sorted(missing))
+            + "; those points are numbered (a CJK font such as Noto Sans CJK, Debian's"
+            " fonts-noto-cjk, renders them)",
+        )
         labels = shown
     default_family = font_manager.FontProperties().get_family()
     # The default font first, so the found one only fills in the glyphs it lacks.
@@ -356,8 +389,14 @@ def plot(panels: list[tuple[np.ndarray, str]], labels: list[str], title: str, ou
         ax = fig.add_subplot(1, len(panels), i + 1)
         ax.scatter(points[:, 0], points[:, 1], s=40, color="tab:blue")
         for (x, y), label in zip(points, labels):
-            ax.annotate(label, (x, y), xytext=(5, 5), textcoords="offset points", fontsize=12,
-                        fontfamily=fontfamily)
+            ax.annotate(
+                label,
+                (x, y),
+                xytext=(5, 5),
+                textcoords="offset points",
+                fontsize=12,
+                fontfamily=fontfamily,
+            )
         ax.set_title(subtitle, fontfamily=fontfamily)
         ax.set_xlabel("Dimension 1")
         ax.set_ylabel("Dimension 2")
@@ -417,22 +456,40 @@ def _parser() -> argparse.ArgumentParser:
         "pooled output), plot them with t-SNE and print their nearest neighbours.",
     )
     p.add_argument("words", nargs="*", help=f"words to show (default: {' '.join(DEFAULT_WORDS)})")
-    p.add_argument("--model", help="model directory, .safetensors, or torch .pt/.bin state dict "
-                   f"(default: the {DEFAULT_MODEL_PACKAGE} package's MiniLM-L6)")
-    p.add_argument("--method", choices=METHODS, default="input",
-                   help="input: rows of the word table (the tutorial's method 1); output: the "
-                   "encoder's pooled hidden states (method 2; needs a model directory); both: "
-                   "side by side (default input)")
-    p.add_argument("--pooling", choices=POOLINGS, default="mean",
-                   help="output method: mean over the real tokens (the model's own sentence "
-                   "pooling) or the [CLS] token's state (the tutorial's) (default mean)")
-    p.add_argument("--tensor", help=f"name of the table in the weights file (default: the one "
-                   f"ending in {TABLE_SUFFIX!r})")
+    p.add_argument(
+        "--model",
+        help="model directory, .safetensors, or torch .pt/.bin state dict "
+        f"(default: the {DEFAULT_MODEL_PACKAGE} package's MiniLM-L6)",
+    )
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="input",
+        help="input: rows of the word table (the tutorial's method 1); output: the "
+        "encoder's pooled hidden states (method 2; needs a model directory); both: "
+        "side by side (default input)",
+    )
+    p.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default="mean",
+        help="output method: mean over the real tokens (the model's own sentence "
+        "pooling) or the [CLS] token's state (the tutorial's) (default mean)",
+    )
+    p.add_argument(
+        "--tensor",
+        help=f"name of the table in the weights file (default: the one ending in {TABLE_SUFFIX!r})",
+    )
     p.add_argument("--vocab", help="tokenizer.json or vocab.txt (default: next to the weights)")
-    p.add_argument("--out", default="jaxembed-visualize.png", help="PNG to write (its directory "
-                   "must exist)")
-    p.add_argument("--perplexity", type=float, help="t-SNE perplexity, 0 < p < number of words "
-                   "(default: about a third of the words, at most 30)")
+    p.add_argument(
+        "--out", default="jaxembed-visualize.png", help="PNG to write (its directory must exist)"
+    )
+    p.add_argument(
+        "--perplexity",
+        type=float,
+        help="t-SNE perplexity, 0 < p < number of words "
+        "(default: about a third of the words, at most 30)",
+    )
     p.add_argument("--top-k", type=int, default=3, help="neighbours per word (default 3)")
     p.add_argument("--seed", type=int, default=42, help="t-SNE random_state (default 42)")
     return p
@@ -461,8 +518,10 @@ def check_model(model) -> Path:
     if model is None:
         model = default_model_dir()
         if model is None:
-            raise UsageError(f"the default model is not installed: {INSTALL_DEFAULT_MODEL} "
-                             "(or pass --model DIR_OR_FILE)")
+            raise UsageError(
+                f"the default model is not installed: {INSTALL_DEFAULT_MODEL} "
+                "(or pass --model DIR_OR_FILE)"
+            )
     model = Path(model)
     if not model.exists():
         raise UsageError(f"--model {model}: no such file or directory")
@@ -470,8 +529,14 @@ def check_model(model) -> Path:
 
 
 def run(args) -> int:
-    _require({"matplotlib": "matplotlib", "sklearn": "scikit-learn", "safetensors": "safetensors",
-              "tokenizers": "tokenizers"})
+    _require(
+        {
+            "matplotlib": "matplotlib",
+            "sklearn": "scikit-learn",
+            "safetensors": "safetensors",
+            "tokenizers": "tokenizers",
+        }
+    )
     words = list(args.words) or list(DEFAULT_WORDS)
     if len(set(words)) != len(words):
         raise UsageError("each word may be given once")

@@ -27,8 +27,12 @@ OPS = ("bag_fwd", "bag_fwdbwd")
 LAYOUTS = ("1d", "2d")
 MODES = ("sum", "mean", "max", "psw")
 # (V, D, bags, mean bag length): the grid of benchmarks/bench_bag.py and RESULTS.md.
-FULL_CONFIGS = [(10_000, 64, 256, 20), (50_000, 128, 2048, 32), (50_000, 768, 512, 8),
-                (1_000_000, 128, 4096, 16)]
+FULL_CONFIGS = [
+    (10_000, 64, 256, 20),
+    (50_000, 128, 2048, 32),
+    (50_000, 768, 512, 8),
+    (1_000_000, 128, 4096, 16),
+]
 QUICK_CONFIGS = [(10_000, 64, 256, 20)]
 
 
@@ -42,6 +46,7 @@ class BagShape:
     def label(self) -> str:
         def k(x):
             return f"{x >> 20}M" if x >= 1 << 20 else f"{x // 1000}k" if x >= 1000 else str(x)
+
         return f"V={k(self.V)} D={self.D} B={self.bags} L={self.length} f32"
 
 
@@ -98,7 +103,7 @@ class BagProblem:
             starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
             for b in range(B):  # the float64 reference only; B <= a few thousand
                 if self.sizes[b]:
-                    block = self.rows64[starts[b]:starts[b] + self.sizes[b]]
+                    block = self.rows64[starts[b] : starts[b] + self.sizes[b]]
                     a = np.argmax(block, axis=0)  # first maximum: torch's tie rule
                     out[b] = block[a, np.arange(D)]
                     arg[b] = starts[b] + a
@@ -110,8 +115,9 @@ class BagProblem:
             np.add.at(count, at, 1.0)  # several bags may credit one (row, column)
             return out, 0.0, grad, (count + 1) * self.eps * gmag + 1e-30
         w = self.weights(mode)[:, None]
-        terms = self.rows64 * (self.psw.reshape(-1).astype(np.float64)[:, None]
-                               if mode == "psw" else 1.0)
+        terms = self.rows64 * (
+            self.psw.reshape(-1).astype(np.float64)[:, None] if mode == "psw" else 1.0
+        )
         out, mag = np.zeros((B, D)), np.zeros((B, D))
         np.add.at(out, self.seg, terms)
         np.add.at(mag, self.seg, np.abs(terms))
@@ -138,8 +144,12 @@ def check(op: str, io, out, pb: BagProblem, mode: str, ref) -> dict:
     c_grad = cases.compare("grad rows", got, r_grad, t_grad)
     total, touched = io.abs_sum(grad), float(np.abs(got).sum())
     stray = abs(total - touched) <= 1e-3 * max(1.0, touched)
-    c_rest = dict(ok=stray, detail="untouched rows zero" if stray else
-                  f"gradient outside referenced rows: |grad| {total} vs {touched}")
+    c_rest = dict(
+        ok=stray,
+        detail="untouched rows zero"
+        if stray
+        else f"gradient outside referenced rows: |grad| {total} vs {touched}",
+    )
     return cases.merge_checks(c_out, c_grad, c_rest)
 
 
@@ -162,16 +172,25 @@ def jax_bench(op: str, pb: BagProblem, mode: str, ref) -> cases.Bench:
         f = jax.jit(fwd)
         call = lambda: jax.block_until_ready(f(W, ids, offsets, psw))  # noqa: E731
     else:
+
         def fwdbwd(W, ids, offsets, psw, g):
             y, vjp = jax.vjp(lambda W: fwd(W, ids, offsets, psw), W)
             return y, vjp(g)[0]
+
         f = jax.jit(fwdbwd)
         call = lambda: jax.block_until_ready(f(W, ids, offsets, psw, g))  # noqa: E731
     return cases.Bench(call, lambda out: check(op, cases._JaxIO, out, pb, mode, ref))
 
 
-def torch_bench(torch, op: str, pb: BagProblem, mode: str, ref, compiled: bool,
-                compile_backend: str = "inductor") -> cases.Bench:
+def torch_bench(
+    torch,
+    op: str,
+    pb: BagProblem,
+    mode: str,
+    ref,
+    compiled: bool,
+    compile_backend: str = "inductor",
+) -> cases.Bench:
     F = torch.nn.functional
     W = torch.from_numpy(pb.W)
     ids = torch.from_numpy(pb.ids)
@@ -186,6 +205,7 @@ def torch_bench(torch, op: str, pb: BagProblem, mode: str, ref, compiled: bool,
     if compiled:
         bag = torch.compile(bag, backend=compile_backend, dynamic=False)
     if op == "bag_fwd":
+
         def call():
             with torch.no_grad():
                 return bag(W)
@@ -197,6 +217,7 @@ def torch_bench(torch, op: str, pb: BagProblem, mode: str, ref, compiled: bool,
             y = bag(w)
             y.backward(g)
             return y, w.grad
+
     return cases.Bench(call, lambda out: check(op, cases._TorchIO, out, pb, mode, ref))
 
 
@@ -214,7 +235,8 @@ def groups(configs, ops, torch, compile_backend: str | None, rng, modes=MODES) -
                         benches[cases.TORCH] = torch_bench(torch, op, pb, mode, ref, False)
                         if compile_backend:
                             benches[cases.TORCH_COMPILE] = torch_bench(
-                                torch, op, pb, mode, ref, True, compile_backend)
+                                torch, op, pb, mode, ref, True, compile_backend
+                            )
                     yield shape, layout, mode, op, pb.n, benches
             del pb
             cases.free_memory()

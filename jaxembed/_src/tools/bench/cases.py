@@ -41,8 +41,15 @@ ZERO = "ceiling:zero-fill"
 DISPATCH = "floor:dispatch"  # a trivial jitted op on the ids: JAX's fixed cost per call
 OPTIONS = ("plain", "padding_idx", "scale_grad_by_freq", "max_norm")
 # Train-step contenders in the order they are kept when memory runs short.
-STEP_PRIORITY = ("jaxembed", "torch", "torch.compile", "flax.nnx", "jaxembed.nnx",
-                 "jaxembed.linen", "flax.linen")
+STEP_PRIORITY = (
+    "jaxembed",
+    "torch",
+    "torch.compile",
+    "flax.nnx",
+    "jaxembed.nnx",
+    "jaxembed.linen",
+    "flax.linen",
+)
 
 PADDING_IDX = 0
 MAX_NORM = 1.0  # rows are N(0, 1) with norm ~sqrt(D): every referenced row is renormed
@@ -65,7 +72,10 @@ class Shape:
     def label(self) -> str:
         def k(x):
             return f"{x >> 20}M" if x >= 1 << 20 else f"{x >> 10}k" if x >= 1 << 10 else str(x)
-        return f"V={k(self.V)} D={self.D} n={k(self.n)} {'f32' if self.dtype == 'float32' else 'bf16'}"
+
+        return (
+            f"V={k(self.V)} D={self.D} n={k(self.n)} {'f32' if self.dtype == 'float32' else 'bf16'}"
+        )
 
 
 def bytes_model(op: str, s: Shape) -> int:
@@ -78,9 +88,17 @@ def bytes_model(op: str, s: Shape) -> int:
     reads and writes the n int32 ids: 8n.
     """
     nd, vd = s.n * s.D * s.itemsize, s.V * s.D * s.itemsize
-    return {"fwd": 2 * nd, "opt_fwd": 2 * nd, COPY: 2 * nd, ZERO: vd, "fwdbwd": vd + 4 * nd,
-            "opt_fwdbwd": vd + 4 * nd, "sgd": 4 * vd + 4 * nd, "adam": 8 * vd + 4 * nd,
-            DISPATCH: 8 * s.n}[op]
+    return {
+        "fwd": 2 * nd,
+        "opt_fwd": 2 * nd,
+        COPY: 2 * nd,
+        ZERO: vd,
+        "fwdbwd": vd + 4 * nd,
+        "opt_fwdbwd": vd + 4 * nd,
+        "sgd": 4 * vd + 4 * nd,
+        "adam": 8 * vd + 4 * nd,
+        DISPATCH: 8 * s.n,
+    }[op]
 
 
 def make_ids(dist: str, V: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -174,15 +192,21 @@ def compare(name: str, got: np.ndarray, ref: np.ndarray, tol) -> dict:
         return dict(ok=False, detail=f"{name}: shape {got.shape} != {ref.shape}")
     err = np.abs(got - ref)
     bad = ~(err <= tol)  # NaN counts as bad
-    return dict(ok=not bool(bad.any()), max_err=float(np.nanmax(err)) if err.size else 0.0,
-                detail=f"{name}: {int(bad.sum())} of {bad.size} elements outside tolerance"
-                if bad.any() else f"{name}: ok")
+    return dict(
+        ok=not bool(bad.any()),
+        max_err=float(np.nanmax(err)) if err.size else 0.0,
+        detail=f"{name}: {int(bad.sum())} of {bad.size} elements outside tolerance"
+        if bad.any()
+        else f"{name}: ok",
+    )
 
 
 def merge_checks(*checks: dict) -> dict:
-    return dict(ok=all(c["ok"] for c in checks),
-                max_err=max((c.get("max_err", np.inf) for c in checks), default=0.0),
-                detail="; ".join(c["detail"] for c in checks))
+    return dict(
+        ok=all(c["ok"] for c in checks),
+        max_err=max((c.get("max_err", np.inf) for c in checks), default=0.0),
+        detail="; ".join(c["detail"] for c in checks),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,8 +233,13 @@ class _TorchIO:
     def rows(x, idx):
         import torch
 
-        return x.detach()[torch.as_tensor(idx, device=x.device)].float().cpu().numpy().astype(
-            np.float64)
+        return (
+            x.detach()[torch.as_tensor(idx, device=x.device)]
+            .float()
+            .cpu()
+            .numpy()
+            .astype(np.float64)
+        )
 
     @staticmethod
     def full(x):
@@ -233,22 +262,33 @@ def check_output(op: str, io, out, ref: Reference, option: str = "plain") -> dic
         return compare("rows", io.full(out), ref.rows.astype(np.float64), 0.0)
     if op in ("fwdbwd", "opt_fwdbwd"):
         rows, grad = out
-        c_rows = (compare("rows", io.full(rows), *ref.renormed_rows()) if option == "max_norm"
-                  else compare("rows", io.full(rows), ref.rows.astype(np.float64), 0.0))
+        c_rows = (
+            compare("rows", io.full(rows), *ref.renormed_rows())
+            if option == "max_norm"
+            else compare("rows", io.full(rows), ref.rows.astype(np.float64), 0.0)
+        )
         gref, gtol = ref.grad("plain" if option == "max_norm" else option)
         got = io.rows(grad, ref.uniq)
         c_grad = compare("grad rows", got, gref, gtol)
         # Nothing outside the referenced rows: the total |grad| equals the referenced rows' total.
         total, touched = io.abs_sum(grad), float(np.abs(got).sum())
         stray = abs(total - touched) <= 1e-3 * max(1.0, touched)
-        c_rest = dict(ok=stray, detail="untouched rows zero" if stray else
-                      f"gradient outside referenced rows: |grad| {total} vs {touched}")
+        c_rest = dict(
+            ok=stray,
+            detail="untouched rows zero"
+            if stray
+            else f"gradient outside referenced rows: |grad| {total} vs {touched}",
+        )
         return merge_checks(c_rows, c_grad, c_rest)
     if op in ("sgd", "adam"):
         r, tol = ref.step(op)
         c_rows = compare("updated rows", io.rows(out, ref.uniq), r, tol)
-        c_rest = compare("untouched rows", io.rows(out, ref.untouched),
-                         ref.W[ref.untouched].astype(np.float64), 0.0)
+        c_rest = compare(
+            "untouched rows",
+            io.rows(out, ref.untouched),
+            ref.W[ref.untouched].astype(np.float64),
+            0.0,
+        )
         return merge_checks(c_rows, c_rest)
     raise ValueError(op)
 
@@ -274,8 +314,9 @@ def _block(x):
 class Problem:
     """Device data for one shape and id distribution, shared by all contenders."""
 
-    def __init__(self, shape: Shape, W_np: np.ndarray, W: jax.Array, ids: np.ndarray,
-                 g_np: np.ndarray):
+    def __init__(
+        self, shape: Shape, W_np: np.ndarray, W: jax.Array, ids: np.ndarray, g_np: np.ndarray
+    ):
         self.shape, self.W_np, self.ids_np, self.g_np = shape, W_np, ids, g_np
         self.W = W  # the device table, made once per (V, D, dtype) (on CPU it aliases W_np)
         self.ids = jnp.asarray(ids.astype(np.int32))
@@ -300,8 +341,7 @@ def jax_lookups(shape: Shape) -> dict[str, tuple[Callable, Callable]]:
 
     def nnx_pair(make):
         gd, state = nnx.split(nnx.eval_shape(make))
-        return (lambda W: jax.tree.map(lambda _: W, state),
-                lambda s, ids: nnx.merge(gd, s)(ids))
+        return (lambda W: jax.tree.map(lambda _: W, state), lambda s, ids: nnx.merge(gd, s)(ids))
 
     def linen_pair(module):
         return (lambda W: {"params": {"embedding": W}}, lambda p, ids: module.apply(p, ids))
@@ -309,10 +349,10 @@ def jax_lookups(shape: Shape) -> dict[str, tuple[Callable, Callable]]:
     return {
         "jaxembed": (lambda W: W, lambda W, ids: F.embedding(ids, W)),
         "jaxembed.nnx": nnx_pair(
-            lambda: jaxembed.Embed(shape.V, shape.D, param_dtype=dt, rngs=nnx.Rngs(0))),
+            lambda: jaxembed.Embed(shape.V, shape.D, param_dtype=dt, rngs=nnx.Rngs(0))
+        ),
         "jaxembed.linen": linen_pair(jlinen.Embed(shape.V, shape.D, param_dtype=dt)),
-        "flax.nnx": nnx_pair(lambda: nnx.Embed(shape.V, shape.D, param_dtype=dt,
-                                               rngs=nnx.Rngs(0))),
+        "flax.nnx": nnx_pair(lambda: nnx.Embed(shape.V, shape.D, param_dtype=dt, rngs=nnx.Rngs(0))),
         "flax.linen": linen_pair(fnn.Embed(shape.V, shape.D, param_dtype=dt)),
     }
 
@@ -337,6 +377,7 @@ class JaxOps:
                 _, vjp = jax.vjp(lambda p: lookup(p, ids), p)
                 updates, s = tx.update(vjp(g)[0], s, p)
                 return optax.apply_updates(p, updates), s
+
             return jax.jit(step, donate_argnums=(0, 1))
 
         self.fwd = jax.jit(lookup)
@@ -360,6 +401,7 @@ class JaxOps:
         def call():
             holder["p"], holder["s"] = step(holder["p"], holder["s"], pb.ids, pb.g)
             return _table_of(_block(holder["p"]))
+
         return Bench(call, check)
 
 
@@ -369,19 +411,25 @@ class OptionOps:
     def __init__(self):
         from jaxembed import functional as F
 
-        kw = {"plain": {}, "padding_idx": {"padding_idx": PADDING_IDX},
-              "scale_grad_by_freq": {"scale_grad_by_freq": True}, "max_norm": {"max_norm": MAX_NORM}}
+        kw = {
+            "plain": {},
+            "padding_idx": {"padding_idx": PADDING_IDX},
+            "scale_grad_by_freq": {"scale_grad_by_freq": True},
+            "max_norm": {"max_norm": MAX_NORM},
+        }
 
         def fwdbwd(k):
             def f(W, ids, g):
                 y, vjp = jax.vjp(lambda W: F.embedding(ids, W, **k), W)
                 return y, vjp(g)[0]
+
             return jax.jit(f)
 
         self.fwd_plain = jax.jit(lambda W, ids: F.embedding(ids, W))
         # torch's max_norm forward: lookup plus in-place renorm of the referenced rows (donated).
-        self.fwd_max_norm = jax.jit(lambda W, ids: F.embed_and_renorm(ids, W, max_norm=MAX_NORM),
-                                    donate_argnums=(0,))
+        self.fwd_max_norm = jax.jit(
+            lambda W, ids: F.embed_and_renorm(ids, W, max_norm=MAX_NORM), donate_argnums=(0,)
+        )
         self.fwdbwd = {name: fwdbwd(k) for name, k in kw.items()}
 
     def bench(self, op: str, option: str, pb: Problem) -> Bench:
@@ -394,6 +442,7 @@ class OptionOps:
             def call():
                 rows, holder["W"] = self.fwd_max_norm(holder["W"], pb.ids)
                 return _block(rows)
+
             return Bench(call, check)
         f = self.fwdbwd[option]
         return Bench(lambda: _block(f(pb.W, pb.ids, pb.g)), check)
@@ -425,8 +474,10 @@ def torch_compile_backend(torch, backend: str) -> tuple[str | None, str | None]:
         ok = bool((f(torch.ones(2)) == 2).all())
     except Exception as e:  # any failure of the compiler stack: report it
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return None, (f"torch.compile (backend {backend!r}) unavailable here: "
-                      f"{type(e).__name__}: {first[:300]}")
+        return None, (
+            f"torch.compile (backend {backend!r}) unavailable here: "
+            f"{type(e).__name__}: {first[:300]}"
+        )
     if not ok:
         return None, f"torch.compile (backend {backend!r}) computed a wrong x + 1: not timed"
     return backend, None
@@ -480,6 +531,7 @@ class TorchOps:
                     y = lookup(ids)
                 self.sync()
                 return y
+
             return Bench(call, check)
         if op == "fwdbwd":
             emb = nn.Embedding.from_pretrained(self.W, freeze=False)
@@ -491,10 +543,14 @@ class TorchOps:
                 y.backward(g)
                 self.sync()
                 return y, emb.weight.grad
+
             return Bench(call, check)
         emb = nn.Embedding.from_pretrained(self.W.clone(), freeze=False)
-        opt = (t.optim.SGD(emb.parameters(), lr=LR["sgd"]) if op == "sgd" else
-               t.optim.Adam(emb.parameters(), lr=LR["adam"], eps=ADAM_EPS))
+        opt = (
+            t.optim.SGD(emb.parameters(), lr=LR["sgd"])
+            if op == "sgd"
+            else t.optim.Adam(emb.parameters(), lr=LR["adam"], eps=ADAM_EPS)
+        )
         lookup, opt_step = self._compiled(emb), self._compiled(opt.step)
 
         def call():
@@ -505,6 +561,7 @@ class TorchOps:
             opt.zero_grad(set_to_none=True)
             self.sync()
             return emb.weight
+
         return Bench(call, check)
 
 
@@ -520,25 +577,35 @@ def copy_ceiling(pb: Problem) -> tuple[Bench, str]:
         def call():
             np.copyto(dst, src)
             return dst
-        return Bench(call, lambda out: compare("copy", out.astype(np.float64),
-                                               src.astype(np.float64), 0.0)), "numpy copyto"
+
+        return Bench(
+            call, lambda out: compare("copy", out.astype(np.float64), src.astype(np.float64), 0.0)
+        ), "numpy copyto"
     f = jax.jit(lambda x: -x)  # an elementwise pass: reads and writes n x D once
-    return Bench(lambda: _block(f(pb.g)), lambda out: compare(
-        "copy", -np.asarray(out).astype(np.float64), src.astype(np.float64), 0.0)), "jax negate"
+    return Bench(
+        lambda: _block(f(pb.g)),
+        lambda out: compare(
+            "copy", -np.asarray(out).astype(np.float64), src.astype(np.float64), 0.0
+        ),
+    ), "jax negate"
 
 
 def zero_ceiling(pb: Problem, f) -> Bench:
     """A fresh zero-filled V x D array, as the dense backward's first step."""
-    return Bench(lambda: _block(f()), lambda out: dict(
-        ok=_JaxIO.abs_sum(out) == 0.0, max_err=0.0, detail="zero-fill"))
+    return Bench(
+        lambda: _block(f()),
+        lambda out: dict(ok=_JaxIO.abs_sum(out) == 0.0, max_err=0.0, detail="zero-fill"),
+    )
 
 
 def dispatch_floor(pb: Problem) -> Bench:
     """``ids + 1`` jitted: no table traffic, so its time is JAX's fixed cost of one call (Python
     dispatch, executable launch, thread-pool wake-up), the floor under every JAX contender."""
     f = jax.jit(lambda i: i + 1)
-    return Bench(lambda: _block(f(pb.ids)), lambda out: compare(
-        "ids + 1", np.asarray(out).astype(np.float64), pb.ids_np + 1.0, 0.0))
+    return Bench(
+        lambda: _block(f(pb.ids)),
+        lambda out: compare("ids + 1", np.asarray(out).astype(np.float64), pb.ids_np + 1.0, 0.0),
+    )
 
 
 def free_memory():

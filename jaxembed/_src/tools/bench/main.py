@@ -33,10 +33,28 @@ from jaxembed._src.tools.cli import ArgumentParser
 # --quick stays near a minute on an idle 2-core machine: no Adam step (no target), bags in two
 # modes (sum and max: the column loop and the segment path), the model step without the
 # lookup-free variants (no share), no torch.compile.
-QUICK = dict(V=[32768], D=[64], n=[4096], reps=3, warmup=1, target_ms=3.0, torch_compile=False,
-             ops=None, bag_modes=("sum", "max"))
-FULL = dict(V=[32768, 1048576], D=[64, 128, 768], n=[4096, 65536], reps=5, warmup=1,
-            target_ms=5.0, torch_compile=True, ops=None, bag_modes=None)
+QUICK = dict(
+    V=[32768],
+    D=[64],
+    n=[4096],
+    reps=3,
+    warmup=1,
+    target_ms=3.0,
+    torch_compile=False,
+    ops=None,
+    bag_modes=("sum", "max"),
+)
+FULL = dict(
+    V=[32768, 1048576],
+    D=[64, 128, 768],
+    n=[4096, 65536],
+    reps=5,
+    warmup=1,
+    target_ms=5.0,
+    torch_compile=True,
+    ops=None,
+    bag_modes=None,
+)
 # Operations also run with the skewed (zipf, padding) ids: those whose cost depends on the ids'
 # collisions. The steps add a V x D optimizer pass to fwdbwd that does not.
 SKEW_OPS = ["fwdbwd", "opt_fwdbwd"]
@@ -63,6 +81,7 @@ def _int_at_least(lo: int):
         if x < lo:
             raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {s!r}")
         return x
+
     return parse
 
 
@@ -87,7 +106,8 @@ def _bag_configs(s: str) -> list[tuple[int, int, int, int]]:
             vals = ()
         if len(vals) != 4 or min(vals) < 1:
             raise argparse.ArgumentTypeError(
-                f"expected V:D:B:L with four positive integers per bag configuration, got {item!r}")
+                f"expected V:D:B:L with four positive integers per bag configuration, got {item!r}"
+            )
         out.append(vals)
     if not out:
         raise argparse.ArgumentTypeError("expected at least one V:D:B:L")
@@ -104,12 +124,14 @@ def _model_config(s: str):
         key, _, value = item.partition("=")
         if key not in fields or not value.isdigit() or int(value) < 1:
             raise argparse.ArgumentTypeError(
-                f"expected key=positive integer with key in {sorted(fields)}, got {item!r}")
+                f"expected key=positive integer with key in {sorted(fields)}, got {item!r}"
+            )
         kw[key] = int(value)
     cfg = dataclasses.replace(model.FULL, **kw)
     if cfg.dim % cfg.heads:
-        raise argparse.ArgumentTypeError(f"dim ({cfg.dim}) must be a multiple of heads "
-                                         f"({cfg.heads})")
+        raise argparse.ArgumentTypeError(
+            f"dim ({cfg.dim}) must be a multiple of heads ({cfg.heads})"
+        )
     return kw
 
 
@@ -120,6 +142,7 @@ def _names(allowed):
         if bad:
             raise argparse.ArgumentTypeError(f"{bad} not in {list(allowed)}")
         return out
+
     return parse
 
 
@@ -136,49 +159,83 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="jaxembed bench",
         description="Time jaxembed against flax, torch, torch.compile and memory ceilings "
-                    "(forward, dense backward, optax SGD/Adam steps, options, EmbeddingBag, a "
-                    "small model's training step). Defaults: the full grid.")
-    p.add_argument("--quick", action="store_true",
-                   help="one small shape of each kind, few rounds, no Adam step, bags in sum "
-                        "and max mode, the model step without its lookup share, no "
-                        "torch.compile (about a minute on 2 idle cores)")
+        "(forward, dense backward, optax SGD/Adam steps, options, EmbeddingBag, a "
+        "small model's training step). Defaults: the full grid.",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="one small shape of each kind, few rounds, no Adam step, bags in sum "
+        "and max mode, the model step without its lookup share, no "
+        "torch.compile (about a minute on 2 idle cores)",
+    )
     p.add_argument("--V", type=_ints, help="vocabulary sizes, comma-separated")
     p.add_argument("--D", type=_ints, help="row widths")
     p.add_argument("--n", type=_ints, help="tokens per batch")
     p.add_argument("--dtypes", type=_names(cases.DTYPES), default=list(cases.DTYPES))
-    p.add_argument("--dists", type=_names(cases.DISTS), default=list(cases.DISTS),
-                   help="id distributions")
-    p.add_argument("--skew-ops", type=_names(cases.OPS), default=SKEW_OPS,
-                   help="operations also run with the zipf and padding ids (default "
-                        "%(default)s; the others run with uniform ids only)")
-    p.add_argument("--ops", type=_names(ops),
-                   help=f"operations (default: all; --quick: all but adam): {list(ops)}")
-    p.add_argument("--bag-configs", type=_bag_configs,
-                   help="EmbeddingBag configurations V:D:B:L (vocabulary, row width, bags, mean "
-                        "bag length), comma-separated (default: the RESULTS.md grid; --quick: "
-                        "its first)")
-    p.add_argument("--model-config", type=_model_config, default={},
-                   help="the model step's configuration as key=value pairs, e.g. "
-                        "batch=8,seq=64 (fields of ModelConfig in tools/bench/model.py; default: "
-                        "a 2-layer encoder with a 30522 x 384 table, batch 16x128, --quick 4x32)")
-    p.add_argument("--reps", type=_int_at_least(1),
-                   help="interleaved rounds (samples per contender)")
-    p.add_argument("--warmup", type=_int_at_least(0),
-                   help="untimed calls per contender before timing")
+    p.add_argument(
+        "--dists", type=_names(cases.DISTS), default=list(cases.DISTS), help="id distributions"
+    )
+    p.add_argument(
+        "--skew-ops",
+        type=_names(cases.OPS),
+        default=SKEW_OPS,
+        help="operations also run with the zipf and padding ids (default "
+        "%(default)s; the others run with uniform ids only)",
+    )
+    p.add_argument(
+        "--ops",
+        type=_names(ops),
+        help=f"operations (default: all; --quick: all but adam): {list(ops)}",
+    )
+    p.add_argument(
+        "--bag-configs",
+        type=_bag_configs,
+        help="EmbeddingBag configurations V:D:B:L (vocabulary, row width, bags, mean "
+        "bag length), comma-separated (default: the RESULTS.md grid; --quick: "
+        "its first)",
+    )
+    p.add_argument(
+        "--model-config",
+        type=_model_config,
+        default={},
+        help="the model step's configuration as key=value pairs, e.g. "
+        "batch=8,seq=64 (fields of ModelConfig in tools/bench/model.py; default: "
+        "a 2-layer encoder with a 30522 x 384 table, batch 16x128, --quick 4x32)",
+    )
+    p.add_argument(
+        "--reps", type=_int_at_least(1), help="interleaved rounds (samples per contender)"
+    )
+    p.add_argument(
+        "--warmup", type=_int_at_least(0), help="untimed calls per contender before timing"
+    )
     p.add_argument("--target-ms", type=_positive_float, help="minimum duration of one sample")
     p.add_argument("--no-torch", action="store_true", help="skip torch (eager and compiled)")
-    p.add_argument("--torch-compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="also time torch.compile (inductor); compile times are reported "
-                        "separately (default: on, off with --quick)")
-    p.add_argument("--mem-gb", type=_positive_float,
-                   help="memory budget (default 70%% of available RAM, or 80%% of device memory)")
-    p.add_argument("--out", default="bench_results",
-                   help="directory for bench.json, bench.md and bench.png (default %(default)s)")
+    p.add_argument(
+        "--torch-compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time torch.compile (inductor); compile times are reported "
+        "separately (default: on, off with --quick)",
+    )
+    p.add_argument(
+        "--mem-gb",
+        type=_positive_float,
+        help="memory budget (default 70%% of available RAM, or 80%% of device memory)",
+    )
+    p.add_argument(
+        "--out",
+        default="bench_results",
+        help="directory for bench.json, bench.md and bench.png (default %(default)s)",
+    )
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     p.add_argument("--seed", type=_int_at_least(0), default=0)
-    p.add_argument("--report", metavar="BENCH_JSON",
-                   help="time nothing: re-evaluate the targets of an earlier run's JSON and "
-                        "rewrite its markdown and PNG into --out")
+    p.add_argument(
+        "--report",
+        metavar="BENCH_JSON",
+        help="time nothing: re-evaluate the targets of an earlier run's JSON and "
+        "rewrite its markdown and PNG into --out",
+    )
     # Tests run the torch.compile code path with a fast backend; timings need inductor.
     p.add_argument("--torch-compile-backend", default="inductor", help=argparse.SUPPRESS)
     return p
@@ -194,8 +251,10 @@ def _read_report(parser, path: str) -> dict:
     except (ValueError, UnicodeDecodeError) as e:
         parser.error(f"argument --report: {path!r} is not JSON ({e})")
     if not isinstance(result, dict) or not {"records", "settings"} <= set(result):
-        parser.error(f"argument --report: {path!r} is not a jaxembed bench.json (it needs "
-                     "'records' and 'settings')")
+        parser.error(
+            f"argument --report: {path!r} is not a jaxembed bench.json (it needs "
+            "'records' and 'settings')"
+        )
     return result
 
 
@@ -247,8 +306,9 @@ class Outputs:
             raise
 
     def checkpoint(self, result: dict) -> None:
-        self._atomic("bench.json", lambda fh: fh.write(
-            json.dumps(result, indent=1, default=str).encode()))
+        self._atomic(
+            "bench.json", lambda fh: fh.write(json.dumps(result, indent=1, default=str).encode())
+        )
 
     def finish(self, result: dict, notes: list) -> list[str]:
         from jaxembed._src.tools.bench import report
@@ -358,10 +418,12 @@ def main(argv=None) -> int:
     info = timing.settings()
     budget = _mem_budget(args)
     print("\n".join(timing.settings_lines(info)))
-    print(f"memory budget {budget / 2**30:.1f} GiB; rounds {args.reps}, warm-up {args.warmup}, "
-          f"sample >= {args.target_ms} ms; torch.compile "
-          f"{compile_backend or 'off'}; ratios are jaxembed's time / the other's "
-          "(< 1: jaxembed faster)")
+    print(
+        f"memory budget {budget / 2**30:.1f} GiB; rounds {args.reps}, warm-up {args.warmup}, "
+        f"sample >= {args.target_ms} ms; torch.compile "
+        f"{compile_backend or 'off'}; ratios are jaxembed's time / the other's "
+        "(< 1: jaxembed faster)"
+    )
 
     records: list[dict] = []
     outputs = Outputs(args.out, not args.no_plot)
@@ -370,16 +432,32 @@ def main(argv=None) -> int:
     state = dict(stopped_by=None)
 
     def result(partial: bool) -> dict:
-        return dict(settings=info, args=dict(vars(args)), bytes_models=report.BYTES_MODELS_TEXT,
-                    notes=notes, elapsed_s=time.perf_counter() - t_start, partial=partial,
-                    stopped_by=state["stopped_by"], records=records,
-                    targets=report.evaluate_targets(records, info))
+        return dict(
+            settings=info,
+            args=dict(vars(args)),
+            bytes_models=report.BYTES_MODELS_TEXT,
+            notes=notes,
+            elapsed_s=time.perf_counter() - t_start,
+            partial=partial,
+            stopped_by=state["stopped_by"],
+            records=records,
+            targets=report.evaluate_targets(records, info),
+        )
 
     stop = _Stop()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        _run_grid(args, torch, tdev, compile_backend, budget, records, notes,
-                  lambda: outputs.checkpoint(result(partial=True)), stop.check)
+        _run_grid(
+            args,
+            torch,
+            tdev,
+            compile_backend,
+            budget,
+            records,
+            notes,
+            lambda: outputs.checkpoint(result(partial=True)),
+            stop.check,
+        )
     except Interrupted as e:
         state["stopped_by"] = signal.Signals(e.signum).name
     finally:
@@ -393,18 +471,25 @@ def main(argv=None) -> int:
         print("note:", note)
     failed = [r for r in records if not r["check"]["ok"]]
     for r in failed:
-        print(f"CHECK FAILED: {r['contender']} {r['op']} {r['shape']} {r['dist']}: "
-              f"{r['check']['detail']}", file=sys.stderr)
+        print(
+            f"CHECK FAILED: {r['contender']} {r['op']} {r['shape']} {r['dist']}: "
+            f"{r['check']['detail']}",
+            file=sys.stderr,
+        )
     print(f"wrote {', '.join(written)} in {final['elapsed_s']:.0f} s")
     if state["stopped_by"]:
-        print(f"jaxembed bench: stopped by {state['stopped_by']}; the outputs hold the "
-              f"{len(records)} records measured so far (marked partial)", file=sys.stderr)
+        print(
+            f"jaxembed bench: stopped by {state['stopped_by']}; the outputs hold the "
+            f"{len(records)} records measured so far (marked partial)",
+            file=sys.stderr,
+        )
         return 128 + signal.Signals[state["stopped_by"]].value
     return 1 if failed else 0
 
 
-def _run_grid(args, torch, tdev, compile_backend, budget, records, notes, checkpoint,
-              check_stop) -> None:
+def _run_grid(
+    args, torch, tdev, compile_backend, budget, records, notes, checkpoint, check_stop
+) -> None:
     """Every selected group, appended to ``records``; ``checkpoint()`` after each table shape;
     ``check_stop()`` (raises :class:`Interrupted`) before each group."""
     import jax
@@ -421,21 +506,22 @@ def _run_grid(args, torch, tdev, compile_backend, budget, records, notes, checkp
                 # The host table, its device copy (shared on CPU) and torch's view of it.
                 base = vd * (1 if jax.default_backend() == "cpu" else 2)
                 if base + 2 * vd > budget:
-                    notes.append(f"{shape0.label()}: table does not fit the memory budget, "
-                                 "skipped")
+                    notes.append(f"{shape0.label()}: table does not fit the memory budget, skipped")
                     print("SKIP", notes[-1])
                     continue
                 W_np = rng.standard_normal((V, D), dtype=np.float32).astype(cases.DTYPES[dtype])
                 W_dev = jax.device_put(W_np)  # zero-copy on CPU when aligned
-                jax_ops = {name: cases.JaxOps(*pair)
-                           for name, pair in cases.jax_lookups(shape0).items()}
+                jax_ops = {
+                    name: cases.JaxOps(*pair) for name, pair in cases.jax_lookups(shape0).items()
+                }
                 opt_ops = cases.OptionOps()
                 torch_ops = {}
                 if torch is not None:
                     torch_ops[cases.TORCH] = cases.TorchOps(torch, tdev)
                     if compile_backend:
-                        torch_ops[cases.TORCH_COMPILE] = cases.TorchOps(torch, tdev,
-                                                                        compile_backend)
+                        torch_ops[cases.TORCH_COMPILE] = cases.TorchOps(
+                            torch, tdev, compile_backend
+                        )
                 zeros = jax.jit(lambda: jax.numpy.zeros((V, D), cases.DTYPES[dtype]))
                 for n in args.n:
                     shape = cases.Shape(V, D, n, dtype)
@@ -445,16 +531,26 @@ def _run_grid(args, torch, tdev, compile_backend, budget, records, notes, checkp
                         pb = cases.Problem(shape, W_np, W_dev, ids, g)
                         # XLA:CPU turns a 16-bit float scatter into a float32 one with V x D
                         # float32 temporaries: budget the transients as if the table were f32.
-                        work_vd = (V * D * 4 if jax.default_backend() == "cpu"
-                                   and shape.itemsize == 2 else vd)
-                        ctx = dict(shape=shape, dist=dist, budget=budget, base=base,
-                                   vd=work_vd, notes=notes)
+                        work_vd = (
+                            V * D * 4
+                            if jax.default_backend() == "cpu" and shape.itemsize == 2
+                            else vd
+                        )
+                        ctx = dict(
+                            shape=shape,
+                            dist=dist,
+                            budget=budget,
+                            base=base,
+                            vd=work_vd,
+                            notes=notes,
+                        )
                         for op in grid_ops:
                             if dist != "uniform" and op not in args.skew_ops:
                                 continue
                             check_stop()
-                            benches, extra = _benches(op, pb, jax_ops, opt_ops, torch_ops,
-                                                      zeros, ctx)
+                            benches, extra = _benches(
+                                op, pb, jax_ops, opt_ops, torch_ops, zeros, ctx
+                            )
                             if not benches:
                                 continue
                             recs = _run_group(op, shape, dist, benches, extra, args)
@@ -474,14 +570,26 @@ def _run_grid(args, torch, tdev, compile_backend, budget, records, notes, checkp
     bag_ops = [op for op in args.ops if op in bags.OPS]
     configs = args.bag_configs or (bags.QUICK_CONFIGS if args.quick else bags.FULL_CONFIGS)
     for shape, layout, mode, op, n, benches in bags.groups(
-            configs if bag_ops else [], bag_ops, torch, compile_backend, rng,
-            args.bag_modes or bags.MODES):
+        configs if bag_ops else [],
+        bag_ops,
+        torch,
+        compile_backend,
+        rng,
+        args.bag_modes or bags.MODES,
+    ):
         check_stop()
         dist = f"{layout} {mode}"
         extra = dict(bags=shape.bags, length=shape.length, layout=layout, mode=mode)
-        recs = _run_group(op, shape, dist, benches, extra, args,
-                          meta=dict(V=shape.V, D=shape.D, n=n, dtype="float32"),
-                          nbytes=bags.bytes_model(op, shape, n))
+        recs = _run_group(
+            op,
+            shape,
+            dist,
+            benches,
+            extra,
+            args,
+            meta=dict(V=shape.V, D=shape.D, n=n, dtype="float32"),
+            nbytes=bags.bytes_model(op, shape, n),
+        )
         records.extend(recs)
         report.print_group(recs, records)
     if bag_ops:
@@ -494,9 +602,16 @@ def _run_grid(args, torch, tdev, compile_backend, budget, records, notes, checkp
         cfg = dataclasses.replace(model.QUICK if args.quick else model.FULL, **args.model_config)
         # --quick: the step times only; the lookup's share needs three more steps compiled.
         benches = model.benches(cfg, torch, compile_backend, rng, without_lookup=not args.quick)
-        recs = _run_group(model.OP, cfg, "uniform", benches, dict(model=cfg.label()), args,
-                          meta=dict(V=cfg.vocab, D=cfg.dim, n=cfg.batch * cfg.seq,
-                                    dtype="float32"), nbytes=0)
+        recs = _run_group(
+            model.OP,
+            cfg,
+            "uniform",
+            benches,
+            dict(model=cfg.label()),
+            args,
+            meta=dict(V=cfg.vocab, D=cfg.dim, n=cfg.batch * cfg.seq, dtype="float32"),
+            nbytes=0,
+        )
         records.extend(recs)
         report.print_group(recs, records)
         checkpoint()
@@ -532,16 +647,22 @@ def _benches(op, pb, jax_ops, opt_ops, torch_ops, zeros, ctx):
             if vd + per * (len(keep) + 1) <= room:
                 keep.append(name)
         if len(keep) < 2:
-            ctx["notes"].append(f"{ctx['shape'].label()} {op}: fewer than two contenders fit "
-                                "the memory budget, skipped")
+            ctx["notes"].append(
+                f"{ctx['shape'].label()} {op}: fewer than two contenders fit "
+                "the memory budget, skipped"
+            )
             return {}, extra
-        dropped = [c for c in cases.STEP_PRIORITY if c not in keep
-                   and (c not in (cases.TORCH, cases.TORCH_COMPILE) or c in torch_ops)]
+        dropped = [
+            c
+            for c in cases.STEP_PRIORITY
+            if c not in keep and (c not in (cases.TORCH, cases.TORCH_COMPILE) or c in torch_ops)
+        ]
         if dropped and ctx["dist"] == "uniform":
             ctx["notes"].append(f"{ctx['shape'].label()} {op}: memory budget: dropped {dropped}")
         for name in keep:
-            benches[name] = (torch_ops[name].bench(op, pb) if name in torch_ops
-                             else jax_ops[name].bench(op, pb))
+            benches[name] = (
+                torch_ops[name].bench(op, pb) if name in torch_ops else jax_ops[name].bench(op, pb)
+            )
     else:
         if room < 3 * vd:
             ctx["notes"].append(f"{ctx['shape'].label()} {op}: over the memory budget, skipped")
@@ -570,8 +691,9 @@ def _run_group(op, shape, dist, benches, extra, args, meta=None, nbytes=None) ->
             checks[name] = dict(ok=False, max_err=None, detail=f"error: {type(e).__name__}: {e}")
         if checks[name]["ok"]:
             timed[name] = b.call
-    res = timing.run_interleaved(timed, reps=args.reps, warmup=args.warmup,
-                                 target_s=args.target_ms / 1e3)
+    res = timing.run_interleaved(
+        timed, reps=args.reps, warmup=args.warmup, target_s=args.target_ms / 1e3
+    )
     recs = []
     if meta is None:
         meta = dict(V=shape.V, D=shape.D, n=shape.n, dtype=shape.dtype)
@@ -579,14 +701,30 @@ def _run_group(op, shape, dist, benches, extra, args, meta=None, nbytes=None) ->
         bop = name if name in (cases.COPY, cases.ZERO, cases.DISPATCH) else op
         size = cases.bytes_model(bop, shape) if nbytes is None else nbytes
         t = res.get(name)
-        rec = dict(shape=shape.label(), **meta, dist=dist, op=op, contender=name, bytes=size,
-                   check=checks[name], bytes_model=bop, **extra)
+        rec = dict(
+            shape=shape.label(),
+            **meta,
+            dist=dist,
+            op=op,
+            contender=name,
+            bytes=size,
+            check=checks[name],
+            bytes_model=bop,
+            **extra,
+        )
         if name in first_call:
             rec["first_call_ms"] = first_call[name] * 1e3
         if t is not None:
-            rec.update(median_ms=t["median"] * 1e3, p25_ms=t["p25"] * 1e3, p75_ms=t["p75"] * 1e3,
-                       min_ms=t["min"] * 1e3, max_ms=t["max"] * 1e3, rel_iqr=t["rel_iqr"],
-                       reps=t["reps"], inner=t["inner"])
+            rec.update(
+                median_ms=t["median"] * 1e3,
+                p25_ms=t["p25"] * 1e3,
+                p75_ms=t["p75"] * 1e3,
+                min_ms=t["min"] * 1e3,
+                max_ms=t["max"] * 1e3,
+                rel_iqr=t["rel_iqr"],
+                reps=t["reps"],
+                inner=t["inner"],
+            )
             if size:
                 rec["gbps"] = size / t["median"] / 1e9
             # The first call's excess over a timed call: compilation (jax.jit, torch.compile).

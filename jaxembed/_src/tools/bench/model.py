@@ -51,8 +51,10 @@ class ModelConfig:
     classes: int = 2
 
     def label(self) -> str:
-        return (f"V={self.vocab} D={self.dim} layers={self.layers} heads={self.heads} "
-                f"batch={self.batch}x{self.seq} f32")
+        return (
+            f"V={self.vocab} D={self.dim} layers={self.layers} heads={self.heads} "
+            f"batch={self.batch}x{self.seq} f32"
+        )
 
 
 FULL = ModelConfig()
@@ -61,13 +63,19 @@ QUICK = ModelConfig(batch=4, seq=32)
 
 def init_weights(cfg: ModelConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """float32 weights by name; linear weights are (in, out)."""
+
     def normal(*shape, scale=0.02):
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
     D, F = cfg.dim, cfg.ffn
-    w = {"tok": normal(cfg.vocab, D, scale=1.0), "pos": normal(cfg.seq, D),
-         "ln_g": np.ones(D, np.float32), "ln_b": np.zeros(D, np.float32),
-         "head_w": normal(D, cfg.classes), "head_b": np.zeros(cfg.classes, np.float32)}
+    w = {
+        "tok": normal(cfg.vocab, D, scale=1.0),
+        "pos": normal(cfg.seq, D),
+        "ln_g": np.ones(D, np.float32),
+        "ln_b": np.zeros(D, np.float32),
+        "head_w": normal(D, cfg.classes),
+        "head_b": np.zeros(cfg.classes, np.float32),
+    }
     for i in range(cfg.layers):
         for name, shape in (("qkv", (D, 3 * D)), ("out", (D, D)), ("ff1", (D, F)), ("ff2", (F, D))):
             w[f"{i}.{name}_w"] = normal(*shape)
@@ -100,15 +108,18 @@ def _jax_encoder(p: dict, x, cfg: ModelConfig):
     x = _jax_layer_norm(x + p["pos"][:T], p["ln_g"], p["ln_b"])
     for i in range(cfg.layers):
         qkv = x @ p[f"{i}.qkv_w"] + p[f"{i}.qkv_b"]
-        q, k, v = (t.reshape(B, T, H, D // H).transpose(0, 2, 1, 3)
-                   for t in jnp.split(qkv, 3, axis=-1))
+        q, k, v = (
+            t.reshape(B, T, H, D // H).transpose(0, 2, 1, 3) for t in jnp.split(qkv, 3, axis=-1)
+        )
         att = jax.nn.softmax(q @ k.transpose(0, 1, 3, 2) / math.sqrt(D // H), axis=-1)
         a = (att @ v).transpose(0, 2, 1, 3).reshape(B, T, D)
-        x = _jax_layer_norm(x + a @ p[f"{i}.out_w"] + p[f"{i}.out_b"],
-                            p[f"{i}.ln1_g"], p[f"{i}.ln1_b"])
+        x = _jax_layer_norm(
+            x + a @ p[f"{i}.out_w"] + p[f"{i}.out_b"], p[f"{i}.ln1_g"], p[f"{i}.ln1_b"]
+        )
         h = jax.nn.gelu(x @ p[f"{i}.ff1_w"] + p[f"{i}.ff1_b"], approximate=False)
-        x = _jax_layer_norm(x + h @ p[f"{i}.ff2_w"] + p[f"{i}.ff2_b"],
-                            p[f"{i}.ln2_g"], p[f"{i}.ln2_b"])
+        x = _jax_layer_norm(
+            x + h @ p[f"{i}.ff2_w"] + p[f"{i}.ff2_b"], p[f"{i}.ln2_g"], p[f"{i}.ln2_b"]
+        )
     return jnp.mean(x, axis=1) @ p["head_w"] + p["head_b"]
 
 
@@ -122,8 +133,9 @@ def jax_model(cfg: ModelConfig, weights: dict, embed: str | None):
         def __init__(self):
             rest = {k: v for k, v in weights.items() if k != "tok"}
             # Copies: the steps donate and update their parameters in place.
-            self.p = nnx.Dict({k.replace(".", "_"): nnx.Param(jnp.array(v, copy=True))
-                               for k, v in rest.items()})
+            self.p = nnx.Dict(
+                {k.replace(".", "_"): nnx.Param(jnp.array(v, copy=True)) for k, v in rest.items()}
+            )
             table = None
             if embed == "jaxembed":
                 table = jaxembed.Embed.from_pretrained(np.array(weights["tok"]), freeze=False)
@@ -154,12 +166,14 @@ def jax_step_bench(cfg: ModelConfig, weights, ids, labels, embed: str | None) ->
         def loss_fn(model):
             logits = model(x)
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
         loss, grads = nnx.value_and_grad(loss_fn)(model)
         opt.update(model, grads)
         return loss
 
     def call():
         return float(step(model, opt, x, y))  # float(): blocks until the step is done
+
     return cases.Bench(call, None)
 
 
@@ -176,10 +190,12 @@ def torch_model(torch, cfg: ModelConfig, weights: dict, lookup: bool, dtype=None
     class Encoder(nn.Module):
         def __init__(self):
             super().__init__()
-            self.embed = (nn.Embedding.from_pretrained(tensor("tok"), freeze=False) if lookup
-                          else None)
-            self.p = nn.ParameterDict({k.replace(".", "_"): nn.Parameter(tensor(k))
-                                       for k in weights if k != "tok"})
+            self.embed = (
+                nn.Embedding.from_pretrained(tensor("tok"), freeze=False) if lookup else None
+            )
+            self.p = nn.ParameterDict(
+                {k.replace(".", "_"): nn.Parameter(tensor(k)) for k in weights if k != "tok"}
+            )
 
         def forward(self, x):
             if self.embed is not None:
@@ -194,8 +210,7 @@ def torch_model(torch, cfg: ModelConfig, weights: dict, lookup: bool, dtype=None
             x = ln(x + p["pos"][:T], p["ln_g"], p["ln_b"])
             for i in range(cfg.layers):
                 qkv = x @ p[f"{i}.qkv_w"] + p[f"{i}.qkv_b"]
-                q, k, v = (t.reshape(B, T, H, D // H).transpose(1, 2)
-                           for t in qkv.split(D, dim=-1))
+                q, k, v = (t.reshape(B, T, H, D // H).transpose(1, 2) for t in qkv.split(D, dim=-1))
                 att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(D // H), dim=-1)
                 a = (att @ v).transpose(1, 2).reshape(B, T, D)
                 x = ln(x + a @ p[f"{i}.out_w"] + p[f"{i}.out_b"], p[f"{i}.ln1_g"], p[f"{i}.ln1_b"])
@@ -206,8 +221,9 @@ def torch_model(torch, cfg: ModelConfig, weights: dict, lookup: bool, dtype=None
     return Encoder()
 
 
-def torch_step_bench(torch, cfg: ModelConfig, weights, ids, labels, lookup: bool,
-                     compile_backend: str | None) -> cases.Bench:
+def torch_step_bench(
+    torch, cfg: ModelConfig, weights, ids, labels, lookup: bool, compile_backend: str | None
+) -> cases.Bench:
     model = torch_model(torch, cfg, weights, lookup)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     x = torch.from_numpy(ids) if lookup else torch.from_numpy(weights["tok"][ids])
@@ -223,6 +239,7 @@ def torch_step_bench(torch, cfg: ModelConfig, weights, ids, labels, lookup: bool
         opt_step()
         opt.zero_grad(set_to_none=True)
         return loss.item()
+
     return cases.Bench(call, None)
 
 
@@ -245,17 +262,24 @@ def reference_losses(torch, cfg: ModelConfig, weights, ids, labels, lookup=True)
 
 def _checked(bench: cases.Bench, ref: list[float], rtol: float = 1e-4) -> cases.Bench:
     """The bench whose check runs its second step and compares both losses with ``ref``."""
+
     def check(first_loss):
         got = [first_loss, bench.call()]
         err = max(abs(g - r) / abs(r) for g, r in zip(got, ref))
         ok = bool(err <= rtol)
-        return dict(ok=ok, max_err=err, detail=f"losses {got} vs float64 {ref}: rel. error "
-                    f"{err:.1e} ({'ok' if ok else f'over {rtol}'})")
+        return dict(
+            ok=ok,
+            max_err=err,
+            detail=f"losses {got} vs float64 {ref}: rel. error "
+            f"{err:.1e} ({'ok' if ok else f'over {rtol}'})",
+        )
+
     return cases.Bench(bench.call, check)
 
 
-def benches(cfg: ModelConfig, torch, compile_backend: str | None, rng,
-            without_lookup: bool = True) -> dict:
+def benches(
+    cfg: ModelConfig, torch, compile_backend: str | None, rng, without_lookup: bool = True
+) -> dict:
     """``{contender: Bench}`` for the in-model step, with and (``without_lookup``) without the
     lookup."""
     weights = init_weights(cfg, rng)
@@ -269,18 +293,24 @@ def benches(cfg: ModelConfig, torch, compile_backend: str | None, rng,
     if torch is not None:
         out[cases.TORCH] = torch_step_bench(torch, cfg, weights, ids, labels, True, None)
         if without_lookup:
-            out[cases.TORCH + NO_LOOKUP] = torch_step_bench(torch, cfg, weights, ids, labels,
-                                                            False, None)
+            out[cases.TORCH + NO_LOOKUP] = torch_step_bench(
+                torch, cfg, weights, ids, labels, False, None
+            )
         if compile_backend:
-            out[cases.TORCH_COMPILE] = torch_step_bench(torch, cfg, weights, ids, labels, True,
-                                                        compile_backend)
+            out[cases.TORCH_COMPILE] = torch_step_bench(
+                torch, cfg, weights, ids, labels, True, compile_backend
+            )
         if compile_backend and without_lookup:
             out[cases.TORCH_COMPILE + NO_LOOKUP] = torch_step_bench(
-                torch, cfg, weights, ids, labels, False, compile_backend)
+                torch, cfg, weights, ids, labels, False, compile_backend
+            )
     if ref is None:
-        return {k: cases.Bench(b.call, lambda _: dict(ok=True, max_err=None,
-                                                      detail="no torch: unchecked"))
-                for k, b in out.items()}
+        return {
+            k: cases.Bench(
+                b.call, lambda _: dict(ok=True, max_err=None, detail="no torch: unchecked")
+            )
+            for k, b in out.items()
+        }
     # Without the lookup the table stays fixed: checked against its own float64 run.
     ref_fixed = reference_losses(torch, cfg, weights, ids, labels, lookup=False)
     return {k: _checked(b, ref_fixed if k.endswith(NO_LOOKUP) else ref) for k, b in out.items()}

@@ -24,8 +24,13 @@ def _sample(fn: Callable[[], object], inner: int) -> float:
     return (time.perf_counter() - t0) / inner
 
 
-def run_interleaved(benches: dict[str, Callable[[], object]], reps: int, warmup: int = 2,
-                    target_s: float = 0.02, max_inner: int = 200) -> dict[str, dict]:
+def run_interleaved(
+    benches: dict[str, Callable[[], object]],
+    reps: int,
+    warmup: int = 2,
+    target_s: float = 0.02,
+    max_inner: int = 200,
+) -> dict[str, dict]:
     """Times each ``fn`` (which must block until its work is done) in interleaved rounds.
 
     Every round runs every bench once, in a new random order (seeded) each round.
@@ -58,8 +63,16 @@ def run_interleaved(benches: dict[str, Callable[[], object]], reps: int, warmup:
             q1, _, q3 = statistics.quantiles(ts, n=4)
         else:
             q1, q3 = min(ts), max(ts)
-        out[name] = dict(median=med, p25=q1, p75=q3, min=min(ts), max=max(ts), reps=len(ts),
-                         inner=inner[name], rel_iqr=(q3 - q1) / med if med > 0 else 0.0)
+        out[name] = dict(
+            median=med,
+            p25=q1,
+            p75=q3,
+            min=min(ts),
+            max=max(ts),
+            reps=len(ts),
+            inner=inner[name],
+            rel_iqr=(q3 - q1) / med if med > 0 else 0.0,
+        )
     return out
 
 
@@ -116,8 +129,9 @@ def settings() -> dict:
 
     maps = _loaded_libraries()
     meminfo = _read("/proc/meminfo") or ""
-    mem_total = next((ln.split()[1] for ln in meminfo.splitlines() if ln.startswith("MemTotal")),
-                     None)
+    mem_total = next(
+        (ln.split()[1] for ln in meminfo.splitlines() if ln.startswith("MemTotal")), None
+    )
     info = dict(
         python=sys.version.split()[0],
         jax=jax.__version__,
@@ -147,7 +161,8 @@ def settings() -> dict:
         info["torch_cuda"] = torch.cuda.is_available()
     retained = "dirty_decay_ms:-1" in (info["MALLOC_CONF"] or "")
     info["recommended_settings_active"] = bool(
-        info["jemalloc_loaded"] and retained and info["OMP_WAIT_POLICY"] == "PASSIVE")
+        info["jemalloc_loaded"] and retained and info["OMP_WAIT_POLICY"] == "PASSIVE"
+    )
     return info
 
 
@@ -166,6 +181,8 @@ def settings_lines(info: dict) -> list[str]:
     ]
     if info["backend"] == "cpu" and not info["recommended_settings_active"]:
         env = " ".join(f"{k}={v}" for k, v in RECOMMENDED_ENV.items())
-        lines.append("WARNING: recommended CPU settings not active (glibc malloc / OpenMP "
-                     f"spin-wait distort CPU timings 2-9x). Run with: {env}")
+        lines.append(
+            "WARNING: recommended CPU settings not active (glibc malloc / OpenMP "
+            f"spin-wait distort CPU timings 2-9x). Run with: {env}"
+        )
     return lines
