@@ -1,5 +1,6 @@
 """torch.nn.functional's embedding operators in JAX (the semantics live in ``jaxembed._src``)."""
 
+from jaxembed._src.core.embedding_bag import embedding_bag, embedding_bag_and_renorm
 from jaxembed._src.core.functional import (
     attend,
     embed_and_renorm,
@@ -7,7 +8,6 @@ from jaxembed._src.core.functional import (
     embedding_renorm,
     renorm_scale,
 )
-from jaxembed._src.core.embedding_bag import embedding_bag, embedding_bag_and_renorm
 
 __all__ = [
     "attend",

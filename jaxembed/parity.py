@@ -1,4 +1,7 @@
-"""``python -m jaxembed.parity``: the same as ``jaxembed parity`` (see ``jaxembed._src.tools.parity``)."""
+"""``python -m jaxembed.parity``: the same as ``jaxembed parity``.
+
+See ``jaxembed._src.tools.parity``.
+"""
 
 import sys
 

@@ -11,7 +11,6 @@ The guide docs/guides/sparse.md has complete training steps (NNX, functional, Li
 """
 
 from jaxembed._src.core.sparse import SparseRows, attach_probe, row_gradients
-from jaxembed._src.nnx.sparse import Optimizer, RowIds, RowProbe, SparseParam, value_and_grad
 from jaxembed._src.core.sparse_optim import (
     AdagradState,
     SGDState,
@@ -21,6 +20,7 @@ from jaxembed._src.core.sparse_optim import (
     sgd,
     sparse_adam,
 )
+from jaxembed._src.nnx.sparse import Optimizer, RowIds, RowProbe, SparseParam, value_and_grad
 
 __all__ = [
     "AdagradState",

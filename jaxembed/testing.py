@@ -2,7 +2,8 @@
 
 Judged against float64, not a guessed tolerance: each tensor's float32 error against the torch
 model run in float64 must be at most ``k`` times torch's own float32 error (plus a few ulp).
-See the guide docs/guides/verification.md, "Verify your own port". torch is imported only when a comparison runs.
+See the guide docs/guides/verification.md, "Verify your own port". torch is imported only when a
+comparison runs.
 
 * :func:`compare` -> :class:`Report`: forward (every module's output), gradients, K optimizer
   steps; a table, JSON, ``assert_passed()``.

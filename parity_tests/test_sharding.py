@@ -321,7 +321,7 @@ SPARSE_IDS, SPARSE_GOUTS = W.sparse_inputs()
 EPS32 = float(np.finfo(np.float32).eps)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _torch_sparse_trajectory(name):
     e = torch.nn.Embedding.from_pretrained(
         to_torch(TABLE), freeze=False, padding_idx=W.PADDING_IDX, sparse=True
@@ -334,7 +334,7 @@ def _torch_sparse_trajectory(name):
     return from_torch(e.weight)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jax_sparse_trajectory(name):
     """The same steps on one device (jaxembed's unsharded sparse path)."""
     tx = W.sparse_optimizer(name)
@@ -429,7 +429,7 @@ def _bag_call(name, table, psw=None, gout=None):
     return ids, offsets, psw, (gout0 if gout is None else gout), mode, kw
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bag_reference(name):
     """The unsharded bag (jaxembed, one device): output, gradients, and the magnitudes that
     bound a change of summation order (sum of |terms| per output and per gradient entry)."""

@@ -44,8 +44,9 @@ import json
 import os
 import shutil
 import struct
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -244,7 +245,8 @@ class Checkpoint:
 
 
 def load_safetensors(path, key: str = "weight") -> np.ndarray:
-    """The tensor ``key`` of a ``.safetensors`` file, as a numpy array (only that tensor is read)."""
+    """The tensor ``key`` of a ``.safetensors`` file, as a numpy array (only that tensor is
+    read)."""
     return Checkpoint(path).get(key)
 
 

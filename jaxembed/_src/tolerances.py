@@ -115,7 +115,8 @@ TRAJECTORY_EPS = {
 # of the parameter. optax computes the bias corrections 1 - b^t in float32 (relative error up to
 # ~eps / (1 - b2^t): 1.3e-5 at t=1 for b2=0.999), torch in double; torch's CPU sqrt is MKL's
 # (1 ulp off IEEE). Measured CPU max 0.998e-5 (parity_tests/test_training.py::
-# test_adam_single_step, 4 steps); the float32 bias correction alone explains ~0.65e-5 * |m/sqrt(v)|.
+# test_adam_single_step, 4 steps); the float32 bias correction alone explains
+# ~0.65e-5 * |m/sqrt(v)|.
 # GPU/TPU: the same formulas (not measured).
 ADAM_STEP_ULP = {"cpu": 1, "gpu": 1, "tpu": 1}
 ADAM_STEP_REL = {"cpu": 1.2e-5, "gpu": 1.2e-5, "tpu": 1.2e-5}

@@ -51,7 +51,7 @@ class BertConfig:
                 raise NotImplementedError(f"{name}={getattr(self, name)!r}: only {supported!r}")
 
     @classmethod
-    def from_json(cls, path) -> "BertConfig":
+    def from_json(cls, path) -> BertConfig:
         config = json.loads(Path(path).read_text(encoding="utf-8"))
         return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls) if f.name in config})
 
@@ -228,7 +228,7 @@ class BertModel(nnx.Module):
         param_dtype: Any = None,
         precision: Any = None,
         **embedding_options,
-    ) -> "BertModel":
+    ) -> BertModel:
         """The model of a Hugging Face model directory (``config.json`` + ``model.safetensors``
         or ``pytorch_model.bin``; keys with or without a ``bert.`` prefix). ``param_dtype``
         converts the stored parameters (None keeps their dtype); ``embedding_options`` (e.g.

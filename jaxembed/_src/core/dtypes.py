@@ -15,7 +15,8 @@ inexact)``; :func:`from_variadic` adapts Linen's ``promote_dtype(*args, dtype, i
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 from flax.nnx.nn import dtypes as _nnx_dtypes

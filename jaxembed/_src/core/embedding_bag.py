@@ -2,8 +2,8 @@
 
 torch reference: ``torch.nn.functional.embedding_bag`` and ``aten/src/ATen/native/EmbeddingBag.cpp``
 (2.13, CPU). The lookup and its rules (``padding_idx`` in the gradient, ``scale_grad_by_freq``,
-``max_norm``) come from :func:`jaxembed._src.core.functional.embed_and_renorm`; this module only cuts
-the looked-up rows into bags and reduces each bag.
+``max_norm``) come from :func:`jaxembed._src.core.functional.embed_and_renorm`; this module only
+cuts the looked-up rows into bags and reduces each bag.
 
 Bags. A 2-D ``input`` of shape ``(B, L)`` is B bags of L ids. A 1-D ``input`` of N ids is cut by
 ``offsets``: bag ``b`` holds positions ``offsets[b] <= i < offsets[b + 1]``, the last bag running

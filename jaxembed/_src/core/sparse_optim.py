@@ -16,7 +16,8 @@ torch reference: ``torch/optim/{sgd,sparse_adam,adagrad,_functional}.py`` (2.13)
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

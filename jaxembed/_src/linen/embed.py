@@ -6,7 +6,8 @@ A thin holder of the table; every rule is in ``functional.py``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +15,8 @@ from flax import errors
 from flax import linen as nn
 from flax.linen import dtypes as linen_dtypes
 
-from jaxembed._src.core import dtypes
+from jaxembed._src.core import dtypes, initializers, sharding, validation
 from jaxembed._src.core import functional as F
-from jaxembed._src.core import initializers, sharding, validation
 from jaxembed._src.linen import sparse as sparse_linen
 
 #: The collection that holds a frozen (non-trainable) table.
@@ -136,7 +136,7 @@ class Embed(nn.Module):
         dtype: Any = None,
         partitioning=None,
         **kwargs,
-    ) -> "Embed":
+    ) -> Embed:
         """A module whose ``init`` returns ``embeddings`` as its table (padding row not zeroed).
 
         ``freeze=True`` (torch's default) puts the table in the ``"frozen"`` collection, so
@@ -146,7 +146,8 @@ class Embed(nn.Module):
             variables = module.init(jax.random.key(0), ids)   # {"frozen": {"embedding": ...}}
             out = module.apply(variables, ids)
 
-        ``partitioning``: the table's mesh axes, e.g. ``("model", None)`` (``nn.with_partitioning``).
+        ``partitioning``: the table's mesh axes, e.g. ``("model", None)``
+        (``nn.with_partitioning``).
         """
         pretrained = initializers.pretrained_kwargs(embeddings, freeze)
         if partitioning is not None:

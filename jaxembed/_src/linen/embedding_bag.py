@@ -6,7 +6,8 @@ A thin holder of the table; every rule is in ``embedding_bag.py`` and ``function
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -86,7 +87,7 @@ class EmbeddingBag(nn.Module):
         padding_idx: int | None = None,
         dtype: Any = None,
         **kwargs,
-    ) -> "EmbeddingBag":
+    ) -> EmbeddingBag:
         """A module whose ``init`` returns ``embeddings`` as its table (padding row not zeroed);
         torch's argument order, without ``sparse``. ``freeze=True`` puts the table in
         ``"frozen"``."""

@@ -9,7 +9,8 @@ subclass carries the other collections and takes the variables that the forward 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flax import struct
 from flax.training import train_state
@@ -51,7 +52,7 @@ class TrainState(train_state.TrainState):
     collections: Mapping[str, Any] = struct.field(default_factory=dict)
 
     @classmethod
-    def create(cls, *, apply_fn, tx, variables=None, params=None, **kwargs) -> "TrainState":
+    def create(cls, *, apply_fn, tx, variables=None, params=None, **kwargs) -> TrainState:
         """A state at step 0. Pass ``variables`` (``model.init``'s whole dict: ``"params"``
         is trained, the rest goes to ``collections``) or, as flax's ``TrainState``, ``params``.
         """
@@ -89,7 +90,7 @@ class TrainState(train_state.TrainState):
         kwargs.setdefault("mutable", self.mutable)
         return self.apply_fn({"params": params, **self.collections}, *args, **kwargs)
 
-    def apply_gradients(self, *, grads, mutated=None, **kwargs) -> "TrainState":
+    def apply_gradients(self, *, grads, mutated=None, **kwargs) -> TrainState:
         """flax's ``apply_gradients``, applied to the variables the forward wrote back.
 
         ``mutated``: the second output of :meth:`apply` (or of ``apply_fn(..., mutable=...)``).

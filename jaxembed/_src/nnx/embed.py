@@ -5,15 +5,16 @@ A thin holder of the table; every rule is in ``functional.py``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxembed._src.core import functional as F
 from jaxembed._src.core import dtypes, initializers, sharding, validation
+from jaxembed._src.core import functional as F
 from jaxembed._src.nnx import sparse as sparse_nnx
 
 
@@ -124,7 +125,7 @@ class Embed(nnx.Module):
         embedding_metadata: Mapping[str, Any] = MappingProxyType({}),
         sparse: bool = False,
         promote_dtype: Callable = dtypes.promote_dtype,
-    ) -> "Embed":
+    ) -> Embed:
         """torch's ``nn.Embedding.from_pretrained``: a module holding ``embeddings``.
 
         ``freeze=True`` (the default, as torch) stores it as a :class:`FrozenParam`. The padding

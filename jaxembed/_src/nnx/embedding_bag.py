@@ -6,10 +6,10 @@ A thin holder of the table; every rule is in ``embedding_bag.py`` and ``function
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -102,7 +102,7 @@ class EmbeddingBag(nnx.Module):
         include_last_offset: bool = False,
         padding_idx: int | None = None,
         dtype: Any = None,
-    ) -> "EmbeddingBag":
+    ) -> EmbeddingBag:
         """torch's ``nn.EmbeddingBag.from_pretrained`` (same argument order, without ``sparse``).
 
         ``freeze=True`` (torch's default) stores the table as a :class:`FrozenParam`. The padding

@@ -18,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

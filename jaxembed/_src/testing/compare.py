@@ -119,9 +119,10 @@ class Criterion:
     products accumulated in float64 the same gradients are within 1.6x. Judged by
     ``k * torch err`` alone (this rule without ``jax own``) a correct port fails on CPU; with
     JAX's own rounding it passes, and each of five planted bugs still fails, by 10x its bound
-    (a tanh GELU) to 2x10^6 (a missing kernel transpose). ``max_rounding_ratio`` (default 64, above the 28.8 measured) keeps numerically
-    unstable ports failing: beyond that many times torch's rounding, JAX's own rounding is no
-    excuse. Without a JAX float64 result the rule is ``jax err <= k * torch err + floor``.
+    (a tanh GELU) to 2x10^6 (a missing kernel transpose). ``max_rounding_ratio`` (default 64,
+    above the 28.8 measured) keeps numerically unstable ports failing: beyond that many times
+    torch's rounding, JAX's own rounding is no excuse. Without a JAX float64 result the rule is
+    ``jax err <= k * torch err + floor``.
     (``python parity_tests/measure_testing.py matmul|dots|minilm`` prints these figures.)
 
     Without a float64 reference (a torch model that stays float32 under ``.double()``), the

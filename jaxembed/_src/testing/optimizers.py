@@ -20,7 +20,8 @@ torch is imported only when a torch optimizer is built.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optax
 
@@ -67,7 +68,7 @@ class OptimizerPair:
     sign_lr: float | None = None
     step_allowance: float = 0.0
 
-    def with_sparse(self, other: "OptimizerPair") -> "OptimizerPair":
+    def with_sparse(self, other: OptimizerPair) -> OptimizerPair:
         """This pair for the dense parameters, ``other`` (e.g. :func:`sparse_adam`) for the
         sparse tables."""
         if other.sparse is None:

@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 from flax import nnx
-
 
 # ---------------------------------------------------------------------------------------------
 # Layouts
@@ -364,7 +364,7 @@ class ParamMap:
             f"JAX {n}: {r}" for n, r in self.unmapped_jax
         ]
 
-    def check(self) -> "ParamMap":
+    def check(self) -> ParamMap:
         """Raises ValueError naming every unmapped or mismatched tensor; returns self."""
         if self.problems:
             raise ValueError(

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from jaxembed._src.testing.compare import Criterion, Verdict
 
@@ -243,7 +244,7 @@ class Report:
                 f.write(text + "\n")
         return text
 
-    def assert_passed(self) -> "Report":
+    def assert_passed(self) -> Report:
         """Raises AssertionError with the verdict and the table when a tensor fails."""
         if not self.passed:
             raise AssertionError(

@@ -18,7 +18,8 @@ import contextvars
 import copy
 import dataclasses
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp

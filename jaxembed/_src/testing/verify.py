@@ -3,7 +3,8 @@ float64; and the pytest helpers built on it."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 from flax import nnx

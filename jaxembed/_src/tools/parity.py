@@ -20,17 +20,18 @@ import os
 import sys
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from jaxembed._src.core import functional as F
 from jaxembed._src import interop, tolerances
+from jaxembed._src.core import functional as F
 from jaxembed._src.testing.compare import abs_diff, eps_of, ulp_distance, within  # one definition
-from jaxembed._src.testing.report import format_table as _format_rows, json_safe
+from jaxembed._src.testing.report import format_table as _format_rows
+from jaxembed._src.testing.report import json_safe
 from jaxembed._src.tolerances import Tolerance
 from jaxembed._src.tools.cli import ArgumentParser
 

@@ -20,8 +20,8 @@ import optax
 from flax import linen as nn
 from flax import nnx
 
-from jaxembed._src.core import functional as F
 from jaxembed._src import interop
+from jaxembed._src.core import functional as F
 from jaxembed._src.linen import embed as linen_embed
 from jaxembed._src.linen import train_state as linen_train_state
 from jaxembed._src.nnx.embed import Embed

@@ -102,7 +102,7 @@ def _message(e: Exception) -> str:
 @dataclasses.dataclass
 class PretrainedTable:
     embed: jaxembed.Embed
-    tokenizer: "tokenizers.Tokenizer"  # noqa: F821
+    tokenizer: tokenizers.Tokenizer  # noqa: F821
     description: str
 
     @property

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -66,7 +67,9 @@ def _ints(s: str) -> list[int]:
     try:
         out = [int(x) for x in s.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {s!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers, got {s!r}"
+        ) from None
     if not out or any(x < 1 for x in out):
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {s!r}")
     return out
@@ -522,7 +525,8 @@ def _run_grid(
                         torch_ops[cases.TORCH_COMPILE] = cases.TorchOps(
                             torch, tdev, compile_backend
                         )
-                zeros = jax.jit(lambda: jax.numpy.zeros((V, D), cases.DTYPES[dtype]))
+                # partial, not a closure: the shape and dtype of this iteration are bound now.
+                zeros = jax.jit(functools.partial(jax.numpy.zeros, (V, D), cases.DTYPES[dtype]))
                 for n in args.n:
                     shape = cases.Shape(V, D, n, dtype)
                     for dist in args.dists:

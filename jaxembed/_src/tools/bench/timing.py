@@ -14,7 +14,7 @@ import random
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def _sample(fn: Callable[[], object], inner: int) -> float:
