@@ -184,7 +184,7 @@ class Checkpoint:
         else:
             weights = path
         self.weights = weights
-        self._torch = None
+        self._torch: dict[str, Any] | None = None  # a torch file's loaded entries
         if weights.name.endswith(".safetensors.index.json"):
             self.format = "safetensors"
             try:
@@ -593,7 +593,7 @@ def save_checkpoint(original, destination, tables: Mapping[str, Any]) -> Path:
     else:
         shutil.copyfile(ckpt.path, destination)
         target = destination
-    if ckpt.format == "torch":
+    if ckpt._torch is not None:  # a torch file
         for key, table in new.items():
             stored = ckpt._torch[key]
             _check_fits(

@@ -266,7 +266,7 @@ class BertModel(nnx.Module):
         for path, var in list(nnx.iter_graph(model)):
             if isinstance(var, nnx.Param) and isinstance(var.get_value(), jax.ShapeDtypeStruct):
                 value = ckpt.get(
-                    prefix + ".".join(map(str, path[:-1])) + "." + torch_name[path[-1]]
+                    prefix + ".".join(map(str, path[:-1])) + "." + torch_name[str(path[-1])]
                 )
                 value = value.T if path[-1] == "kernel" else value  # torch stores (out, in)
                 var.set_value(jnp.asarray(value, param_dtype))

@@ -36,7 +36,9 @@ class _Bags:
 
     num_bags: int  # static
     seg: jax.Array  # (N,) bag of each position; ``num_bags`` marks a position in no bag
-    sizes: jax.Array  # (num_bags,) number of positions of each bag, padding included
+    # (num_bags,) number of positions of each bag, padding included (None: the shard-local bags
+    # of jaxembed.sharding, which never read it)
+    sizes: jax.Array | None
     ok: jax.Array | None  # traced offsets: whether they are valid (None: checked already)
     length: int | None = None  # 2-D input: the fixed bag length
 
@@ -490,8 +492,10 @@ def embedding_bag_and_renorm(
         return out, weight
     if offsets is not None and mode != "max" and max_norm is None and num_embeddings > 0:
         # Bags cut by offsets: the fused sum too (no stored N x D rows).
-        rule = _OffsetSumRule(padding_idx, bool(scale_grad_by_freq), bool(include_last_offset))
-        total, count = _offset_bag_sum(rule, weight, psw, ids, offsets)
+        offset_rule = _OffsetSumRule(
+            padding_idx, bool(scale_grad_by_freq), bool(include_last_offset)
+        )
+        total, count = _offset_bag_sum(offset_rule, weight, psw, ids, offsets)
         out = _finish(total, ids, bags, mode, padding_idx, count)
         if bags.ok is not None:
             out = _nan_unless(bags.ok, out, offsets)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -27,11 +27,20 @@ from jaxembed._src.core import sharding
 from jaxembed._src.core.sparse import SparseRows
 
 
+class SparseUpdate(Protocol):
+    """``update(row_grads, state, tables, table_specs=None) -> (new_tables, new_state)``."""
+
+    def __call__(
+        self, row_grads: Any, state: Any, tables: Any, /, table_specs: Any = None
+    ) -> tuple[Any, Any]: ...
+
+
 class SparseGradientTransformation(NamedTuple):
-    """A sparse optimizer: ``init(tables)`` and ``update(row_grads, state, tables)``."""
+    """A sparse optimizer: ``init(tables)`` and
+    ``update(row_grads, state, tables, table_specs=None)``."""
 
     init: Callable[[Any], Any]
-    update: Callable[[Any, Any, Any], tuple[Any, Any]]
+    update: SparseUpdate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,14 +261,19 @@ def _per_table(init_one, update_one) -> SparseGradientTransformation:
 
     def update(grads, state, tables, table_specs=None):
         leaves, treedef = jax.tree.flatten(grads, is_leaf=lambda x: isinstance(x, SparseRows))
-        specs = [None] * len(leaves) if table_specs is None else treedef.flatten_up_to(table_specs)
+        # Any: jaxlib ships its compiled PyTreeDef (jaxlib._jax) without a stub, so mypy cannot
+        # see flatten_up_to / unflatten.
+        structure: Any = treedef
+        specs = (
+            [None] * len(leaves) if table_specs is None else structure.flatten_up_to(table_specs)
+        )
         out = [
             update_table(g, s, t, spec)
             for g, s, t, spec in zip(
-                leaves, treedef.flatten_up_to(state), treedef.flatten_up_to(tables), specs
+                leaves, structure.flatten_up_to(state), structure.flatten_up_to(tables), specs
             )
         ]
-        return treedef.unflatten([o[0] for o in out]), treedef.unflatten([o[1] for o in out])
+        return structure.unflatten([o[0] for o in out]), structure.unflatten([o[1] for o in out])
 
     return SparseGradientTransformation(init, update)
 
@@ -278,7 +292,9 @@ def _scalar(x, dtype):
 class SGDState(NamedTuple):
     momentum_buffer: jax.Array | None  # V x D, dense (torch's sparse buffer covers every row seen)
     started: jax.Array | None  # torch creates the buffer on the first step (no dampening)
-    count: jax.Array | None = None  # updates applied so far, kept only for a schedule's lr
+    # updates applied so far, kept only for a schedule's lr. The public name shadows
+    # tuple.count, which mypy reports for any NamedTuple field called count.
+    count: jax.Array | None = None  # type: ignore[assignment]
 
 
 def sgd(

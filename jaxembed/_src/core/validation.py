@@ -134,7 +134,7 @@ def check_rows_unsharded(weight, what: str, instead: str) -> None:
         return  # numpy, torch: not laid out on a mesh
     sharding = getattr(jax.typeof(weight), "sharding", None)
     mesh = getattr(sharding, "mesh", None)
-    if mesh is None or mesh.empty:
+    if sharding is None or mesh is None or mesh.empty:
         return
     spec = tuple(sharding.spec)
     if spec and spec[0] is not None:

@@ -116,6 +116,7 @@ class Embed(nn.Module):
         self.table = self.variable(self._collection, "embedding", init)
         shape = jnp.shape(self.table.value)
         if shape != (self.num_embeddings, self.features):  # as flax's self.param
+            assert self.scope is not None  # setup runs on a bound module only
             raise errors.ScopeParamShapeError(
                 "embedding", self.scope.path_text, shape, (self.num_embeddings, self.features)
             )
@@ -170,6 +171,7 @@ class Embed(nn.Module):
 
     def _table_spec(self):
         """The PartitionSpec declared by ``nn.with_partitioning`` on the table, if any."""
+        assert self.scope is not None  # called from __call__: a bound module
         return sharding.partitioned_spec(self.scope.get_variable(self._collection, "embedding"))
 
     def __call__(self, inputs, out_sharding=None) -> jax.Array:
@@ -182,7 +184,7 @@ class Embed(nn.Module):
             rows = sparse_linen.lookup(self, inputs, out_sharding)
             return dtypes.promote_rows(rows, self.dtype, self._promote)
         table = self.table.value
-        rules = dict(
+        rules: dict[str, Any] = dict(
             padding_idx=self._padding_idx,
             max_norm=self.max_norm,
             norm_type=self.norm_type,

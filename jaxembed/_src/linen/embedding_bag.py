@@ -111,6 +111,7 @@ class EmbeddingBag(nn.Module):
         """``(B, L)`` ids, or ``(N,)`` ids and ``offsets`` -> ``(B, features)``; ``out_sharding``
         as ``jaxembed.linen.Embed``'s."""
         table = self.table.value
+        assert self.scope is not None  # __call__ runs on a bound module only
         spec = sharding.partitioned_spec(self.scope.get_variable(self._collection, "embedding"))
         vocab_axes = sharding.vocab_parallel_axes(table, spec, out_sharding)
         bag = embedding_bag_and_renorm

@@ -74,7 +74,7 @@ def lookup(module, inputs, out_sharding=None) -> jax.Array:
         vocab_axes=vocab_axes,
         out_sharding=out_sharding,
     )
-    if recording:
+    if recorded is not None:  # recording
         ids = S.row_ids(inputs, module.num_embeddings, module._padding_idx)
         if start:  # the first lookup's ids as they are (concatenate refuses mixed shardings)
             ids = jnp.concatenate([recorded.astype(ids.dtype), ids])

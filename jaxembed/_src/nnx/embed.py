@@ -154,7 +154,7 @@ class Embed(nnx.Module):
             rows = sparse_nnx.lookup(self, inputs, out_sharding)
             return dtypes.promote_rows(rows, self.dtype, self.promote_dtype)
         table = self.embedding.get_value()
-        rules = dict(
+        rules: dict[str, Any] = dict(
             padding_idx=self.padding_idx,
             max_norm=self.max_norm,
             norm_type=self.norm_type,

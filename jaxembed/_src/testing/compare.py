@@ -86,6 +86,7 @@ def within(got, want, tol: Tolerance) -> bool:
     if tol.bound is not None:
         return bool(np.all(diff <= tol.bound))
     scale = float(np.max(np.abs(np.asarray(want, np.float64)), initial=0.0))
+    assert tol.normwise_eps is not None, "a Tolerance sets ulp, bound or normwise_eps"
     return bool(np.all(diff <= tol.normwise_eps * eps_of(np.asarray(want).dtype) * scale))
 
 
@@ -225,9 +226,9 @@ def judge(
         return _failure(f"shape {jax_value.shape} != torch's {torch_value.shape}", method)
     if not (_is_float(jax_value.dtype) and _is_float(torch_value.dtype)):
         same = np.array_equal(jax_value, torch_value)
-        diff = max_abs(abs_diff(jax_value, torch_value)) if jax_value.size else 0.0
+        max_int_diff = max_abs(abs_diff(jax_value, torch_value)) if jax_value.size else 0.0
         return Verdict(
-            diff,
+            max_int_diff,
             None,
             None,
             0.0,

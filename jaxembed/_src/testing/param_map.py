@@ -236,7 +236,8 @@ def _linen_leaves(variables) -> tuple[list[_JaxLeaf], dict[str, tuple[str, None]
                 None,
                 auto.group(1) if auto else None,
                 tuple(
-                    int(_AUTO_NAME.match(m).group(2)) if _AUTO_NAME.match(m) else -1 for m in module
+                    int(numbered.group(2)) if (numbered := _AUTO_NAME.match(m)) else -1
+                    for m in module
                 ),
             )
         )
@@ -268,7 +269,7 @@ def _rules(owner, leaf: str) -> list[tuple[str, Layout]]:
     """The JAX leaf names (with layouts) a torch tensor may be stored under, best first."""
     import torch.nn as tnn
 
-    norms = (tnn.LayerNorm, tnn.GroupNorm, tnn.modules.batchnorm._NormBase)
+    norms: tuple[type, ...] = (tnn.LayerNorm, tnn.GroupNorm, tnn.modules.batchnorm._NormBase)
     if hasattr(tnn, "RMSNorm"):
         norms += (tnn.RMSNorm,)
     if isinstance(owner, tnn.Linear):
@@ -288,7 +289,7 @@ def _rules(owner, leaf: str) -> list[tuple[str, Layout]]:
     return table.get(leaf, []) + [(leaf, IDENTITY)]
 
 
-def _torch_kind(owner) -> str | None:
+def _torch_kind(owner) -> tuple[str, ...] | None:
     """The family of a torch module, for pairing by order with Linen's automatic names."""
     import torch.nn as tnn
 

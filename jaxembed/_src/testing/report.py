@@ -151,6 +151,7 @@ class Report:
                 f"({', '.join(self.stages)}), {bit_exact} bit-exact"
             )
         first = self.first_failure
+        assert first is not None  # not passed: a row failed
         v = first.verdict
         if v.note and v.jax_error is None and v.method != "fallback":
             why = v.note

@@ -53,6 +53,13 @@ class Spec:
     weights: bool = False  # record the starting weights (the weights stage)
     cotangents: dict[str, np.ndarray] | None = None  # set by the first (torch) run
 
+    @property
+    def step_optimizer(self) -> OptimizerPair:
+        """The optimizer of the ``steps`` (``compare`` refuses steps > 0 without one)."""
+        if self.optimizer is None:
+            raise ValueError("steps > 0 needs an optimizer")
+        return self.optimizer
+
 
 @dataclasses.dataclass
 class Run:
@@ -197,7 +204,7 @@ def run_torch(torch_model, spec: Spec, precision: str) -> Run:
 
         return record
 
-    optimizers = []
+    optimizers: list[Any] = []
     if spec.steps:
         sparse_ids = {
             id(m.weight)
@@ -205,7 +212,7 @@ def run_torch(torch_model, spec: Spec, precision: str) -> Run:
             if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse
         }
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizers = spec.optimizer.torch_optimizers(
+        optimizers = spec.step_optimizer.torch_optimizers(
             [p for p in params if id(p) not in sparse_ids],
             [p for p in params if id(p) in sparse_ids],
         )
@@ -316,7 +323,7 @@ def _widen_nnx(model) -> None:
     for _, module in nnx.iter_modules(model):
         dtype = getattr(module, "dtype", None)
         if dtype is not None and _is_float_dtype(dtype):
-            module.dtype = jnp.float64
+            setattr(module, "dtype", jnp.float64)  # noqa: B010 (not every Module has a dtype)
 
 
 def _is_float_dtype(dtype) -> bool:
@@ -468,17 +475,21 @@ def run_nnx(jax_model, spec: Spec, precision: str) -> Run:
 
         opt = sopt = None
         if spec.steps:
-            pair = spec.optimizer
+            pair = spec.step_optimizer
             has_params = any(isinstance(v, nnx.Param) for v in variables.values())
             if has_params and pair.optax is None:
                 raise ValueError(f"{pair.label} has no optax transformation for nnx.Param")
             if has_sparse and pair.sparse is None:
                 raise ValueError(f"{pair.label} has no sparse optimizer for the sparse tables")
 
+            sparse_tx = pair.sparse  # not None when has_sparse (checked above)
+
             def optimizers(m):  # jitted: the states' zeros in one compile, not one per shape
                 return (
                     nnx.Optimizer(m, pair.optax, wrt=nnx.Param) if has_params else None,
-                    sparse_nnx.Optimizer(m, pair.sparse) if has_sparse else None,
+                    sparse_nnx.Optimizer(m, sparse_tx)
+                    if has_sparse and sparse_tx is not None
+                    else None,
                 )
 
             opt, sopt = (nnx.jit(optimizers) if spec.jit else optimizers)(model)
@@ -585,9 +596,9 @@ def run_linen(jax_model, spec: Spec, precision: str) -> Run:
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         tx = None
         if spec.steps:
-            tx = spec.optimizer.optax
+            tx = spec.step_optimizer.optax
             if tx is None:
-                raise ValueError(f"{spec.optimizer.label} has no optax transformation")
+                raise ValueError(f"{spec.step_optimizer.label} has no optax transformation")
 
         def train_step(params, others, opt_state, inputs, targets, cot):
             (loss, (out, recorded, params, others)), g = grad_fn(

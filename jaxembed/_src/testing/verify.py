@@ -221,13 +221,13 @@ def compare(
 
     entries = pmap.entries
     if not load_weights:
-        for e in entries:
-            w = t32.weights[e.torch_name]
+        for entry in entries:
+            w = t32.weights[entry.torch_name]
             add(
                 "weights",
-                e.torch_name,
-                e.jax_name,
-                j32.weights[e.torch_name],
+                entry.torch_name,
+                entry.jax_name,
+                j32.weights[entry.torch_name],
                 w,
                 np.asarray(w, np.float64),
                 None,
@@ -279,40 +279,42 @@ def compare(
             None if t64 is None else t64.loss,
             None if j64 is None else j64.loss,
         )
-        for e in entries:
-            if e.trainable:
+        for entry in entries:
+            if entry.trainable:
                 row = add(
                     "gradients",
-                    e.torch_name,
-                    e.jax_name,
-                    j32.grads[e.torch_name],
-                    t32.grads[e.torch_name],
-                    ref_of(t64, "grads", e.torch_name),
-                    ref_of(j64, "grads", e.torch_name),
+                    entry.torch_name,
+                    entry.jax_name,
+                    j32.grads[entry.torch_name],
+                    t32.grads[entry.torch_name],
+                    ref_of(t64, "grads", entry.torch_name),
+                    ref_of(j64, "grads", entry.torch_name),
                 )
-                if steps and optimizer.sign_lr:
+                if steps and spec.step_optimizer.sign_lr:
                     # An adaptive step (m / sqrt(v)) is scale-free in the gradient: a gradient
                     # error d moves it by about d / |g|, up to a reversed step for a gradient
                     # within rounding of zero (d: this stage's bound).
-                    g = np.abs((t64 or t32).grads[e.torch_name])
+                    g = np.abs((t64 or t32).grads[entry.torch_name])
                     bound = row.verdict.bound
-                    sensitivity[e.torch_name] = np.where(
+                    sensitivity[entry.torch_name] = np.where(
                         g > bound, bound / np.where(g > bound, g, 1.0), 1.0
                     )
     for k in range(steps):
-        for e in entries:
+        pair = spec.step_optimizer
+        sign_lr = pair.sign_lr or 0.0  # set whenever `sensitivity` has entries
+        for entry in entries:
             add(
                 f"step {k + 1}",
-                e.torch_name,
-                e.jax_name,
-                j32.steps[k][e.torch_name],
-                t32.steps[k][e.torch_name],
-                None if t64 is None else t64.steps[k][e.torch_name],
-                None if j64 is None else j64.steps[k][e.torch_name],
-                (k + 1) * optimizer.step_allowance,
+                entry.torch_name,
+                entry.jax_name,
+                j32.steps[k][entry.torch_name],
+                t32.steps[k][entry.torch_name],
+                None if t64 is None else t64.steps[k][entry.torch_name],
+                None if j64 is None else j64.steps[k][entry.torch_name],
+                (k + 1) * pair.step_allowance,
                 None
-                if e.torch_name not in sensitivity
-                else sensitivity[e.torch_name] * (2.0 * (k + 1) * optimizer.sign_lr),
+                if entry.torch_name not in sensitivity
+                else sensitivity[entry.torch_name] * (2.0 * (k + 1) * sign_lr),
                 "adaptive steps of gradients near rounding level",
             )
 
@@ -338,7 +340,7 @@ def compare(
     what = (
         ["forward"]
         + (["gradients"] if gradients else [])
-        + ([f"{steps} x {optimizer.label}"] if steps else [])
+        + ([f"{steps} x {spec.step_optimizer.label}"] if steps else [])
     )
     title = title or (
         f"{type(torch_model).__name__} (torch) vs "

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -60,8 +61,8 @@ def grad_tolerance(backend, gout, ids, num_embeddings, counts=None) -> Tolerance
         g = g / counts[flat][:, None]
     mag = np.zeros((num_embeddings, g.shape[1]))
     np.add.at(mag, flat, g)
-    k = tolerances.SGBF_BOUND_EPS[np.dtype(gout.dtype).name] if counts is not None else 0.0
-    k = k + tolerances.reorder_bound_eps(backend, np.bincount(flat, minlength=num_embeddings))
+    sgbf = tolerances.SGBF_BOUND_EPS[np.dtype(gout.dtype).name] if counts is not None else 0.0
+    k = sgbf + tolerances.reorder_bound_eps(backend, np.bincount(flat, minlength=num_embeddings))
     return Tolerance(bound=k[:, None] * eps_of(gout.dtype) * mag if np.ndim(k) else k * mag)
 
 
@@ -169,30 +170,32 @@ def _module_case(api):
         import torch
 
         w = _table(30, 16, "float32", scale=1.5, seed=7)
-        opts = dict(padding_idx=2, max_norm=1.2, norm_type=3.0, scale_grad_by_freq=True)
+        opts: dict[str, Any] = dict(
+            padding_idx=2, max_norm=1.2, norm_type=3.0, scale_grad_by_freq=True
+        )
         ids1 = np.random.default_rng(8).integers(0, 30, size=(5, 4))
         ids2 = np.random.default_rng(9).integers(0, 30, size=(7,))
         emb = torch.nn.Embedding.from_pretrained(
             interop.numpy_to_torch(w, device), freeze=False, **opts
         )
-        want = [
+        want_rows = [
             interop.torch_to_numpy(emb(interop.numpy_to_torch(i, device))) for i in (ids1, ids2)
         ]
         if api == "nnx":
             module = interop.to_nnx(w, freeze=False, **opts)
-            got = [np.asarray(module(jnp.asarray(i))) for i in (ids1, ids2)]
+            got_rows = [np.asarray(module(jnp.asarray(i))) for i in (ids1, ids2)]
             table = np.asarray(module.embedding.get_value())
         else:
             module, variables = interop.to_linen(w, freeze=False, **opts)
-            got = []
+            got_rows = []
             for i in (ids1, ids2):
                 out, updates = module.apply(variables, jnp.asarray(i), mutable=["params"])
                 variables = {**variables, **updates}
-                got.append(np.asarray(out))
+                got_rows.append(np.asarray(out))
             table = np.asarray(variables["params"]["embedding"])
-        got = np.concatenate([g.reshape(-1) for g in got] + [table.reshape(-1)])
+        got = np.concatenate([g.reshape(-1) for g in got_rows] + [table.reshape(-1)])
         want = np.concatenate(
-            [x.reshape(-1) for x in want] + [interop.torch_to_numpy(emb.weight).reshape(-1)]
+            [x.reshape(-1) for x in want_rows] + [interop.torch_to_numpy(emb.weight).reshape(-1)]
         )
         return got, want, Tolerance(ulp=tolerances.renorm_ulp(backend, "float32", 2.0))
 

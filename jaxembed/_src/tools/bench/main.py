@@ -26,6 +26,7 @@ import signal
 import sys
 import tempfile
 import time
+from typing import Any
 
 import numpy as np
 
@@ -432,7 +433,7 @@ def main(argv=None) -> int:
     outputs = Outputs(args.out, not args.no_plot)
     outputs.start()
     t_start = time.perf_counter()
-    state = dict(stopped_by=None)
+    state: dict[str, str | None] = dict(stopped_by=None)
 
     def result(partial: bool) -> dict:
         return dict(
@@ -626,7 +627,8 @@ def _benches(op, pb, jax_ops, opt_ops, torch_ops, zeros, ctx):
     from jaxembed._src.tools.bench import cases
 
     vd, room = ctx["vd"], ctx["budget"] - ctx["base"]
-    benches, extra = {}, {}
+    benches: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     if op in ("fwd", "fwdbwd"):
         if room < 3 * vd:
             ctx["notes"].append(f"{ctx['shape'].label()} {op}: over the memory budget, skipped")
@@ -644,7 +646,7 @@ def _benches(op, pb, jax_ops, opt_ops, torch_ops, zeros, ctx):
         # Alive during a round: each contender's table (+ two moments for Adam) and one
         # transient V x D gradient.
         per = (1 + (2 if op == "adam" else 0)) * vd
-        keep = []
+        keep: list[str] = []
         for name in cases.STEP_PRIORITY:
             if name in (cases.TORCH, cases.TORCH_COMPILE) and name not in torch_ops:
                 continue

@@ -481,7 +481,7 @@ def markdown(result) -> str:
 def _compile_times(records) -> list[str]:
     """Per operation and contender: the median (max) excess of the first call over a timed
     call, i.e. the compilation (jax.jit tracing + XLA; torch.compile's dynamo + inductor)."""
-    by = {}
+    by: dict[str, dict[str, list[float]]] = {}
     for r in records:
         if "compile_s" in r and not r["contender"].startswith(("ceiling", "floor")):
             by.setdefault(r["op"], {}).setdefault(r["contender"], []).append(r["compile_s"])
