@@ -43,7 +43,8 @@ def ulp_distance(a, b) -> int:
     nan_a = np.isnan(a.astype(np.float32) if wide else a)
     nan_b = np.isnan(b.astype(np.float32) if wide else b)
     assert np.array_equal(nan_a, nan_b), "NaN positions differ"
-    bits = {2: np.int16, 4: np.int32, 8: np.int64}[a.dtype.itemsize]
+    widths: dict[int, type[np.signedinteger]] = {2: np.int16, 4: np.int32, 8: np.int64}
+    bits = widths[a.dtype.itemsize]
     magnitude = bits(np.iinfo(bits).max)
     lines = []
     for x in (a, b):
