@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+import jaxembed
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse for the subcommands: a usage mistake is one line, ``prog: error: message``
@@ -40,8 +42,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-V", "--version"):
+        # The one version (pyproject reads it too); the package is imported already, as the
+        # parent of this module.
+        print(f"jaxembed {jaxembed.__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
-        print("usage: jaxembed <command> [options]\n\ncommands:")
+        print("usage: jaxembed <command> [options]\n       jaxembed --version\n\ncommands:")
         for name, (_, help_text) in SUBCOMMANDS.items():
             print(f"  {name:<10} {help_text}")
         if argv and argv[0] not in ("-h", "--help"):
