@@ -114,12 +114,31 @@ needs_minilm = pytest.mark.skipif(
 def sharded(tmp_path_factory):
     """The arrays ``sharding_worker.py`` computes on 8 host devices in one process (run once
     per session; ``test_sharding.py`` compares them with torch, ``test_multiprocess.py`` with
-    the same computations on 2 processes x 4 devices)."""
+    the same computations on 2 processes x 4 devices).
+
+    Under pytest-xdist (README's test command) the two files may run on different workers: the
+    first to need the arrays computes them into this run's shared temporary directory under a
+    file lock, the other waits and reads them, so the 8-device run happens once per session."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        return _run_sharding_worker(tmp_path_factory.mktemp("sharding"))
+    from filelock import FileLock  # a dependency of torch
+
+    shared = tmp_path_factory.getbasetemp().parent / "sharding"  # this run's, all workers'
+    shared.mkdir(exist_ok=True)
+    with FileLock(str(shared) + ".lock"):
+        if not (shared / "out.npz").is_file():
+            return _run_sharding_worker(shared)
+    with np.load(shared / "out.npz", allow_pickle=False) as f:
+        return dict(f)
+
+
+def _run_sharding_worker(directory: Path) -> dict:
     here = Path(__file__).parent
-    out = tmp_path_factory.mktemp("sharding") / "out.npz"
+    out = directory / "out.npz"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here.parent), str(here)]))
     proc = subprocess.run(
-        [sys.executable, str(here / "sharding_worker.py"), str(out), str(out.parent / "ckpt")],
+        [sys.executable, str(here / "sharding_worker.py"), str(out), str(directory / "ckpt")],
         env=env,
         capture_output=True,
         text=True,
@@ -128,18 +147,3 @@ def sharded(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-4000:]
     with np.load(out, allow_pickle=False) as f:
         return dict(f)
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist's ``--dist loadgroup`` (README's test command), each test file runs
-    on one worker, so its module fixtures (the bench run, the MiniLM models) are built once;
-    the files that share the session fixture ``sharded`` (8 host devices in a subprocess) run
-    on the same worker, so it is computed once too."""
-    def file_of(item):
-        return item.nodeid.split("::")[0]
-
-    sharing = {file_of(i) for i in items if "sharded" in getattr(i, "fixturenames", ())}
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            name = file_of(item)
-            item.add_marker(pytest.mark.xdist_group("sharded" if name in sharing else name))
