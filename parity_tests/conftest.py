@@ -150,8 +150,8 @@ def _run_sharding_worker(directory: Path) -> dict:
 
 
 # The files that take longest (about 60-150 s each on 2 cores), run first. Under README's
-# `-n 2 --dist loadfile` each file is one unit of work handed out in collection order: a long
-# file collected last (test_testing_minilm.py sorts late) ran alone for 3 minutes at the end.
+# `-n 2 --dist loadfile --no-loadscope-reorder` each file is one unit of work handed out in
+# collection order: a long file handed out last ran alone for 3 minutes at the end.
 SLOW_FIRST = ("test_testing_minilm.py", "test_multiprocess.py", "test_sharding.py",
               "test_bench.py", "test_docs_examples.py", "test_properties.py", "test_bert.py",
               "test_module_matrix.py", "test_testing.py", "test_visualize.py")
